@@ -1,0 +1,68 @@
+# nutrino_ml: `make demo` runs the whole stack end to end; `make test` runs every check.
+# Both create .venv (Python 3.12, the Lambda runtime's version) when it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Nothing phones home, in every process started from here.
+export PLOOMBER_STATS_ENABLED := false
+export PLOOMBER_VERSION_CHECK_DISABLED := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYTHONWARNINGS := ignore::FutureWarning,ignore::DeprecationWarning
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the serving runtime's wheels for Lambda (manylinux, cp312), so `chalice package` needs no index at test time
+WHEELHOUSE := .wheelhouse
+DEMO_USERS ?= 12
+DEMO_DAYS ?= 10
+
+.PHONY: help venv demo test lint-nbs nbs-test pytest export-lib lab clean
+help:
+	@echo "make demo   simulate a lake, train + register both models, promote, export, serve with chalice local, predict"
+	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
+
+$(STAMP): pyproject.toml chalice_app/requirements.txt
+	@test -x $(BIN)/python || "$$(.ci/find-python312)" -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip==26.2.1
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) \
+	    --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+	    --python-version 3.12 --implementation cp -r chalice_app/requirements.txt
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nutrino-ml datalake simulate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
+	cd pipelines && ../$(BIN)/ploomber build
+	$(BIN)/nutrino-ml models promote glucose-response latest
+	$(BIN)/nutrino-ml models promote glucose-forecast latest
+	$(BIN)/nutrino-ml models list
+	$(BIN)/nutrino-ml export
+	$(BIN)/nutrino-ml smoke
+
+# nbs/ is the source of truth: fail when cleaning or exporting the notebooks would change a tracked file.
+lint-nbs: $(STAMP)
+	$(BIN)/nbdev-clean
+	$(BIN)/nbdev-export
+	@git add -N nbs nutrino_ml >/dev/null 2>&1 || true
+	@if ! git diff --quiet -- nbs nutrino_ml; then \
+	  git --no-pager diff --stat -- nbs nutrino_ml; \
+	  echo "nbdev-clean/nbdev-export changed the files above: run them and commit nbs/ and nutrino_ml/ together"; exit 1; fi
+
+nbs-test: $(STAMP)
+	$(BIN)/nbdev-test --n-workers 2
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint-nbs nbs-test pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1
+
+clean:
+	rm -rf data pipelines/products chalice_app/chalicelib/models chalice_app/vendor .test

@@ -1,0 +1,41 @@
+# %% [markdown]
+# # register
+# Build the serving bundle (and prove it predicts as the model does), then log the run to MLflow and
+# register the model as a new version.
+
+# %% tags=["parameters"]
+upstream = None
+product = None
+model_name = None
+test_fraction = None
+hyperparams = None
+parity_tolerance = None
+
+# %%
+import json
+import pandas as pd
+from nutrino_ml.config import load_settings
+from nutrino_ml.features import time_split
+from nutrino_ml.models import model_spec, load_model
+from nutrino_ml.bundle import build_bundle
+from nutrino_ml.registry import log_and_register
+
+settings = load_settings()
+spec = model_spec(model_name)
+train, test = time_split(pd.read_parquet(upstream["features"][spec.feature_set]), test_fraction)
+trained, evaluated = upstream[f"train-{model_name}"], upstream[f"evaluate-{model_name}"]
+model = load_model(trained["model"])
+
+# %%
+bundle = build_bundle(model, model_name, test, product["bundle"], tolerance=parity_tolerance)
+print(f"{bundle['format']} bundle, parity {bundle['parity']}")
+
+# %%
+with open(evaluated["metrics"]) as f: metrics = json.load(f)
+registered = log_and_register(
+    model_name, model, product["bundle"], test.head(5), settings.mlflow_tracking_uri, settings.experiment_name,
+    settings.mlflow_artifact_location, params={"hyperparams": hyperparams, "test_fraction": test_fraction},
+    metrics=metrics, reports=[trained["nb"], evaluated["nb"]],
+    tags={"datalake_root": settings.datalake_root, "settings_profile": settings.profile})
+with open(product["registered"], "w") as f: json.dump(registered, f)
+print(f"registered {registered['name']} version {registered['version']} (run {registered['run_id']})")

@@ -1,0 +1,100 @@
+"""The Chalice app's API contract: through chalice.test.Client, and over real HTTP to `chalice local`."""
+import importlib.util, json, shutil, sys
+
+import pytest
+from chalice.test import Client
+
+from nutrino_ml.export import ChaliceLocal, http_json
+from conftest import MODELS, copy_app
+
+JSON = {"Content-Type": "application/json"}
+
+
+def load_app(app_dir):
+    """Import app.py of `app_dir` as a fresh module (each app dir has its own bundles)."""
+    spec = importlib.util.spec_from_file_location(f"app_{abs(hash(str(app_dir)))}", app_dir / "app.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.app
+
+
+@pytest.fixture(scope="module")
+def client(built):
+    with Client(load_app(built["app"])) as c:
+        yield c
+
+
+def post(client, path, body, raw=False, headers=JSON):
+    return client.http.post(path, headers=headers, body=body if raw else json.dumps(body))
+
+
+def example(client, name):
+    models = client.http.get("/models").json_body["models"]
+    return next(m for m in models if m["name"] == name)["input_example"]
+
+
+def test_ping_and_models(client):
+    assert client.http.get("/ping").json_body == {"status": "ok", "versions": 2}
+    served = client.http.get("/models").json_body["models"]
+    assert {(m["name"], m["version"], tuple(m["aliases"])) for m in served} == {(n, 1, ("production",)) for n in MODELS}
+    assert {m["format"] for m in served} == {"onnx", "forecaster-json"}
+    for m in served:
+        assert m["inputs"] and m["metrics"]["mae"] > 0 and m["run_id"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predict_production_and_pinned_version(client, name):
+    rows = example(client, name)
+    r = post(client, f"/models/{name}/predict", {"rows": rows})
+    assert r.status_code == 200
+    assert r.json_body["model"] == name and r.json_body["version"] == 1
+    assert len(r.json_body["predictions"]) == len(rows) and all(isinstance(p, float) for p in r.json_body["predictions"])
+    pinned = post(client, f"/models/{name}/versions/1/predict", rows)  # a bare list of rows is accepted too
+    assert pinned.json_body == r.json_body
+    assert post(client, f"/models/{name}/versions/production/predict", {"rows": rows}).json_body == r.json_body
+
+
+def error(r, status):
+    assert r.status_code == status, r.body
+    body = r.json_body
+    assert set(body) == {"Code", "Message"} and "Traceback" not in body["Message"]
+    return body["Message"]
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem(client):
+    rows = example(client, "glucose-response")
+    p = "/models/glucose-response/predict"
+    assert "unknown field 'carbs'" in error(post(client, p, {"rows": [{**rows[0], "carbs": 3}]}), 400)
+    assert "field 'carbs_g' must be a number, got a string ('lots')" in error(post(client, p, {"rows": [{**rows[0], "carbs_g": "lots"}]}), 400)
+    assert "field 'hour' is required" in error(post(client, p, {"rows": [{k: v for k, v in rows[0].items() if k != "hour"}]}), 400)
+    assert "empty request body" in error(post(client, p, "", raw=True), 400)
+    assert "empty request body" in error(post(client, p, {}), 400)
+    assert "non-empty list" in error(post(client, p, {"rows": []}), 400)
+    assert "unexpected request body" in error(post(client, p, {"carbs_g": 1}), 400)
+    assert "request body is not valid JSON" in error(post(client, p, "{not json", raw=True), 400)
+    assert error(post(client, "/models/glucose/predict", {"rows": rows}), 404).startswith("no model 'glucose' is served")
+    assert "no version or alias '7'" in error(post(client, "/models/glucose-response/versions/7/predict", {"rows": rows}), 404)
+    assert post(client, p, "carbs_g=1", raw=True, headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+def test_tampered_bundle_is_unavailable_and_the_others_keep_serving(built, tmp_path):
+    app_dir = tmp_path / "app"
+    shutil.copytree(built["app"], app_dir)
+    weights = app_dir / "chalicelib" / "models" / "glucose-response" / "1" / "model.onnx"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with Client(load_app(app_dir)) as c:
+        rows = example(c, "glucose-response")
+        assert "fails its sha256 check" in error(post(c, "/models/glucose-response/predict", {"rows": rows}), 503)
+        assert post(c, "/models/glucose-forecast/predict", {"rows": example(c, "glucose-forecast")}).status_code == 200
+
+
+def test_over_real_http_with_chalice_local(built, client):
+    with ChaliceLocal(built["app"]) as srv:
+        for name in MODELS:
+            rows = example(client, name)
+            status, body = http_json("POST", f"{srv.url}/models/{name}/predict", {"rows": rows})
+            assert status == 200 and body == post(client, f"/models/{name}/predict", {"rows": rows}).json_body
+        status, body = http_json("POST", f"{srv.url}/models/glucose-forecast/predict", {"rows": [{"user_id": "u1", "glucose_mgdl": "high"}]})
+        assert status == 400 and "field 'glucose_mgdl' must be a number" in body["Message"]
+        status, body = http_json("POST", f"{srv.url}/models/nope/predict", {"rows": [{}]})
+        assert status == 404 and "served models" in body["Message"]

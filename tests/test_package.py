@@ -1,0 +1,81 @@
+"""What `chalice package` builds fits Lambda and runs on its own, with no training stack and no site-packages."""
+import json, shutil, subprocess, sys, zipfile
+
+import pytest
+
+from conftest import BIN, ROOT, run
+
+MB = 1024 * 1024
+INVOKE = r'''
+import json, sys
+sys.path.insert(0, ".")
+import app
+
+def call(path, resource, params, body):
+    ev = {"resource": resource, "path": path, "httpMethod": "POST", "headers": {"content-type": "application/json"},
+          "multiValueHeaders": {}, "pathParameters": params, "queryStringParameters": None,
+          "multiValueQueryStringParameters": None, "stageVariables": None, "body": body, "isBase64Encoded": False,
+          "requestContext": {"resourcePath": resource, "httpMethod": "POST", "path": "/api" + path, "stage": "api",
+                             "requestId": "r", "identity": {"sourceIp": "127.0.0.1"}}}
+    r = app.app(ev, None)
+    return {"status": r["statusCode"], "body": json.loads(r["body"])}
+
+requests = json.loads(sys.argv[1])
+out = [call(*r) for r in requests]
+out.append(sorted(m for m in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber", "fastcore", "skl2onnx") if m in sys.modules))
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def package(built, tmp_path_factory):
+    wheels = ROOT / ".wheelhouse"
+    if not any(wheels.glob("onnxruntime-*.whl")):
+        pytest.fail(f"{wheels} has no Lambda wheels: run `make venv` (it downloads them once, so packaging needs no index)")
+    tmp = tmp_path_factory.mktemp("package")
+    app = tmp / "app"
+    shutil.copytree(built["app"], app, ignore=shutil.ignore_patterns("__pycache__", "deployments"))
+    p = run([BIN / "chalice", "package", "--stage", "dev", tmp / "out"], cwd=app,
+            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "AWS_DEFAULT_REGION": "eu-west-1"})
+    return {"out": tmp / "out", "log": p.stdout, "tmp": tmp}
+
+
+def test_every_dependency_was_fetched(package):
+    # chalice exits 0 even when it could not install a dependency; it only says so
+    assert "Could not install" not in package["log"] and "missing" not in package["log"].lower(), package["log"]
+    names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
+    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
+        assert top in names, top
+    assert any(n.startswith("chalicelib/models/glucose-response/1/model.onnx") for n in names)
+    assert not [n for n in names if n.split("/")[0] in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber")]
+
+
+def test_package_fits_chalice_deploy_limits(package):
+    z = package["out"] / "deployment.zip"
+    unzipped = sum(i.file_size for i in zipfile.ZipFile(z).infolist())
+    print(f"deployment.zip {z.stat().st_size / MB:.1f} MB zipped, {unzipped / MB:.1f} MB unzipped")
+    assert z.stat().st_size <= 50 * MB and unzipped <= 250 * MB
+
+
+def test_sam_template_sets_the_lambda_runtime(package):
+    sam = json.loads((package["out"] / "sam.json").read_text())
+    fn = next(r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Function")["Properties"]
+    assert fn["Runtime"] == "python3.12" and fn["MemorySize"] == 1024 and fn["Timeout"] == 30
+
+
+def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
+    d = package["tmp"] / "unzipped"
+    zipfile.ZipFile(package["out"] / "deployment.zip").extractall(d)
+    examples = {m: json.loads((built["app"] / "chalicelib" / "models" / m / "1" / "manifest.json").read_text())["input_example"]
+                for m in ("glucose-response", "glucose-forecast")}
+    reqs = [[f"/models/{m}/predict", "/models/{name}/predict", {"name": m}, json.dumps({"rows": rows})] for m, rows in examples.items()]
+    reqs += [["/models/glucose-forecast/predict", "/models/{name}/predict", {"name": "glucose-forecast"}, '{"rows": [{"user_id": 7}]}'],
+             ["/models/nope/predict", "/models/{name}/predict", {"name": "nope"}, '{"rows": [{}]}']]
+    # -I -S: no site-packages, no PYTHONPATH, no user site: only what the zip holds, as in Lambda
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", INVOKE, json.dumps(reqs)], cwd=d, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    *answers, imported = json.loads(p.stdout)
+    assert [a["status"] for a in answers] == [200, 200, 400, 404]
+    assert len(answers[0]["body"]["predictions"]) == len(examples["glucose-response"])
+    assert "field 'user_id' must be a non-empty string" in answers[2]["body"]["Message"]
+    assert imported == []

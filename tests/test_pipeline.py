@@ -1,0 +1,81 @@
+"""The training pipeline, built for real with `ploomber build` on a tiny synthetic lake."""
+import json, shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
+
+from conftest import BIN, MODELS, build, local_env, ran_tasks, run
+
+TASKS = {"extract", "features", *(f"{step}-{m}" for step in ("train", "evaluate", "register") for m in MODELS)}
+
+
+def test_build_runs_every_task_and_registers_both_models(built):
+    assert ran_tasks(built["build_output"]) == TASKS
+    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    for name, reg in built["registered"].items():
+        assert reg["version"] == 1
+        run_ = client.get_run(reg["run_id"])
+        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run_.data.metrics)
+        assert run_.data.metrics["mae"] < run_.data.metrics["baseline_mae"]
+        assert "test_fraction" in run_.data.params and any(k.startswith("hyperparams.") for k in run_.data.params)
+        assert len(run_.data.tags["mlflow.source.git.commit"]) in (0, 40) and run_.data.tags["git_dirty"] in ("true", "false")
+        arts = {a.path for a in client.list_artifacts(reg["run_id"], "reports")}
+        assert arts == {f"reports/train-{name}.html", f"reports/evaluate-{name}.html"}
+        info = mlflow.models.get_model_info(f"models:/{name}/1")
+        assert info.signature is not None and info.saved_input_example_info is not None
+
+
+def test_reports_are_executed_notebooks(built):
+    html = (built["products"] / "reports" / "train-glucose-response.html").read_text()
+    assert "carbs_g" in html and "importance" in html  # the feature-importance table was rendered
+
+
+def test_registered_versions_load_in_mlflow_and_match_the_bundles(built):
+    from nutrino_ml.serving import ServedModels
+    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+    served = ServedModels(built["app"] / "chalicelib" / "models")
+    for name in MODELS:
+        spec_feats = pd.read_parquet(built["products"] / "features" / f"{'meal_response' if name == 'glucose-response' else 'glucose_forecast'}.parquet")
+        m = served.resolve(name)
+        X = spec_feats[[f["name"] for f in m["inputs"]]].head(50)
+        ours = served.predict(name, {"rows": json.loads(X.to_json(orient="records"))})["predictions"]
+        theirs = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@production").predict(X), float)
+        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_second_build_with_nothing_changed_runs_nothing(built):
+    out = build(built["env"], built["products"]).stdout
+    assert ran_tasks(out) == set(), out[-2000:]
+
+
+def test_bad_partition_fails_the_build_before_anything_is_registered(built, tmp_path):
+    env = local_env(tmp_path)
+    shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    part = next((tmp_path / "lake" / "meals" / "dt=2026-01-03").glob("*.parquet"))
+    df = pq.read_table(part).to_pandas()
+    df.loc[2, "carbs_g"] = -40.0
+    df.to_parquet(part, index=False)
+    out = build(env, tmp_path / "products", check=False)
+    assert out.returncode != 0
+    assert "meals/dt=2026-01-03: column 'carbs_g' has 1 values outside [0, 500], e.g. -40.0" in out.stdout
+    assert MlflowClient(env["NUTRINO_MLFLOW_TRACKING_URI"]).search_registered_models() == []
+    assert not (tmp_path / "products" / "registered").exists()
+
+
+def test_missing_column_and_duplicate_events_are_named(built, tmp_path):
+    env = local_env(tmp_path)
+    shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    g = tmp_path / "lake" / "glucose"
+    first, second = sorted(g.glob("dt=*"))[:2]
+    dup = pq.read_table(next(first.glob("*.parquet"))).to_pandas().head(3)
+    pd.concat([pq.read_table(next(second.glob("*.parquet"))).to_pandas(), dup]).to_parquet(next(second.glob("*.parquet")), index=False)
+    out = run([BIN / "nutrino-ml", "datalake", "validate"], env=env, check=False)
+    assert out.returncode == 2 and f"appears in partitions ['{first.name[3:]}', '{second.name[3:]}']" in out.stdout
+    part = next((tmp_path / "lake" / "users").glob("dt=*/*.parquet"))
+    pq.read_table(part).to_pandas().drop(columns="height_cm").to_parquet(part, index=False)
+    out = build(env, tmp_path / "products", check=False)
+    assert out.returncode != 0 and "users/dt=2026-01-01: missing columns ['height_cm']" in out.stdout

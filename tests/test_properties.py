@@ -1,0 +1,59 @@
+"""Property-based tests of the request parser and schema validator: any JSON gives columns or an InputError."""
+import json, math
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from nutrino_ml.serving import InputError, parse_body, validate_rows
+
+SCHEMA = [{"name": "user_id", "type": "string"}, {"name": "glucose_mgdl", "type": "double"},
+          {"name": "glucose_trend", "type": "double", "nullable": True}]
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
+good_rows = st.lists(st.fixed_dictionaries(
+    {"user_id": st.text(min_size=1), "glucose_mgdl": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**6, 10**6)},
+    optional={"glucose_trend": st.none() | st.floats(allow_nan=False, allow_infinity=False)}), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_gives_columns_or_an_input_error(body):
+    try:
+        cols = validate_rows(parse_body(body), SCHEMA)
+    except InputError as e:
+        assert str(e)
+        return
+    assert set(cols) == {f["name"] for f in SCHEMA} and len({len(c) for c in cols.values()}) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64) | st.text(max_size=64))
+def test_any_raw_body_gives_rows_or_an_input_error(raw):
+    try:
+        parse_body(raw)
+    except InputError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(good_rows)
+def test_valid_rows_round_trip(rows):
+    cols = validate_rows(json.loads(json.dumps({"rows": rows}))["rows"], SCHEMA)
+    assert list(cols["user_id"]) == [r["user_id"] for r in rows]
+    np.testing.assert_array_equal(cols["glucose_mgdl"], [float(r["glucose_mgdl"]) for r in rows])
+    for r, t in zip(rows, cols["glucose_trend"]):
+        assert (math.isnan(t) and r.get("glucose_trend") is None) or t == r.get("glucose_trend")
+
+
+@settings(max_examples=200, deadline=None)
+@given(good_rows, st.integers(0, 19), st.sampled_from(["glucose_mgdl", "user_id"]), st.sampled_from([True, [], {}, "x", 1.5]))
+def test_a_wrong_value_is_reported_with_row_and_field(rows, i, field, bad):
+    i = i % len(rows)
+    if (field == "user_id" and isinstance(bad, str)) or (field == "glucose_mgdl" and isinstance(bad, float)):
+        return
+    rows[i] = {**rows[i], field: bad}
+    try:
+        validate_rows(rows, SCHEMA)
+        raise AssertionError("accepted a wrong value")
+    except InputError as e:
+        assert e.field == field and f"row {i}: field '{field}'" in str(e)
