@@ -12,8 +12,8 @@ import nutrino_ml
 from . import serving
 
 # %% auto #0
-__all__ = ['RUNTIME_MODULES', 'is_live', 'live_versions', 'export_bundles', 'copy_runtime', 'free_port', 'http_json',
-           'ChaliceLocal', 'smoke_app']
+__all__ = ['RUNTIME_MODULES', 'is_live', 'live_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime', 'free_port',
+           'http_json', 'ChaliceLocal', 'smoke_app']
 
 # %% ../nbs/08_export.ipynb #37dafb03
 def is_live(alias:str, live:tuple=("production", "canary")) -> bool:
@@ -31,6 +31,13 @@ def live_versions(client:MlflowClient, live:tuple=("production", "canary")) -> l
     return out
 
 # %% ../nbs/08_export.ipynb #88ce099e
+def mlflow_flavor(model_uri:str, tracking_uri:str) -> str:
+    "The main MLflow flavor of a registered model: its specific flavor, else `python_function`."
+    mlflow.set_tracking_uri(tracking_uri)
+    flavors = mlflow.models.get_model_info(model_uri).flavors
+    return next((f for f in flavors if f != "python_function"), "python_function")
+
+# %% ../nbs/08_export.ipynb #4bf2d942
 def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Path, tracking_uri:str) -> dict:
     mv = client.get_model_version(name, str(version))
     tmp = Path(tempfile.mkdtemp(prefix="nutrino-export-"))
@@ -42,6 +49,7 @@ def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Pa
     shutil.rmtree(tmp, ignore_errors=True)
     run = client.get_run(mv.run_id)
     return serving.seal_bundle(dst, {**meta, "version": int(version), "aliases": aliases, "run_id": mv.run_id,
+                                     "flavor": mlflow_flavor(f"models:/{name}/{version}", tracking_uri),
                                      "metrics": run.data.metrics, "git_commit": run.data.tags.get("mlflow.source.git.commit", "")})
 
 # %% ../nbs/08_export.ipynb #31000eae

@@ -161,7 +161,7 @@ class ServedModels:
 
     def describe(self) -> list:
         "What is served: name, version, aliases, format, inputs, metrics and an input example per version."
-        keys = ("name", "version", "aliases", "format", "inputs", "output", "metrics", "input_example", "run_id")
+        keys = ("name", "version", "aliases", "format", "flavor", "inputs", "output", "metrics", "input_example", "run_id")
         return [{k: m.get(k) for k in keys} for n in sorted(self.manifests) for v, m in sorted(self.manifests[n].items())]
 
     def resolve(self, name:str, version:str|int|None=None) -> dict:
