@@ -44,14 +44,9 @@ demo: $(STAMP)
 	$(BIN)/nutrino-ml export
 	$(BIN)/nutrino-ml smoke
 
-# nbs/ is the source of truth: fail when cleaning or exporting the notebooks would change a tracked file.
+# nbs/ is the source of truth: fail when nbdev-clean or nbdev-export would change nbs/ or nutrino_ml/.
 lint-nbs: $(STAMP)
-	$(BIN)/nbdev-clean
-	$(BIN)/nbdev-export
-	@git add -N nbs nutrino_ml >/dev/null 2>&1 || true
-	@if ! git diff --quiet -- nbs nutrino_ml; then \
-	  git --no-pager diff --stat -- nbs nutrino_ml; \
-	  echo "nbdev-clean/nbdev-export changed the files above: run them and commit nbs/ and nutrino_ml/ together"; exit 1; fi
+	.ci/check-nbs $(BIN)
 
 nbs-test: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2

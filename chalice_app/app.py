@@ -1,7 +1,11 @@
-"""nutrino_ml serving: the exported model versions behind a JSON API, as one Lambda function (Chalice).
+"""nutrino_ml serving: the exported model versions behind one Lambda function (Chalice).
 
-Routes are adapters: parse the request, call nutrino_ml.serving, map its errors to HTTP.
-Bundles live in chalicelib/models (written by `nutrino-ml export`); the runtime module comes from
+Three ways in, one path through: the native JSON API, MLflow's scoring protocol and the Open Inference
+Protocol v2 all end in nutrino_ml.serving.ServedModels, which checks each version's input schema, routes by the
+model's traffic policy (weights, sticky key, pins, shadows), scores and logs one JSON line per prediction.
+Routes are adapters: they pass the request in and map library errors to 4xx/503 answers in each protocol's shape.
+
+Bundles live in chalicelib/models (written by `nutrino-ml export`); the runtime modules come from
 vendor/nutrino_ml in the Lambda package and from the installed library under `chalice local`.
 """
 import os
@@ -13,26 +17,48 @@ for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
 
 from pathlib import Path
 
-from chalice import BadRequestError, Chalice, NotFoundError, Response
+from chalice import Chalice, Response
 
-from nutrino_ml.serving import InputError, ModelNotFound, ModelUnavailable, ServedModels
+from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
+from nutrino_ml.serving import (InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
+                                check_size)
 
 app = Chalice(app_name="nutrino-serving")
 models = ServedModels(Path(__file__).parent / "chalicelib" / "models")
 
+STATUS = [(PayloadTooLarge, 413), (InputError, 400), (ModelNotFound, 404), (ModelUnavailable, 503)]
+CODES = {400: ("BadRequestError", "BAD_REQUEST"), 404: ("NotFoundError", "RESOURCE_DOES_NOT_EXIST"),
+         413: ("PayloadTooLargeError", "BAD_REQUEST"), 503: ("ServiceUnavailable", "TEMPORARILY_UNAVAILABLE")}
 
-def _answer(name, version=None):
-    """Predict for the current request, mapping library errors to 4xx/503 JSON answers."""
+
+def _error(status, message, shape):
+    body = {"native": {"Code": CODES[status][0], "Message": message},
+            "mlflow": {"error_code": CODES[status][1], "message": message}, "oip": {"error": message}}[shape]
+    return Response(body, status_code=status)
+
+
+def _guard(shape, call):
+    """Run `call` on the current request; library errors become JSON answers in the protocol's shape."""
     try:
-        return models.predict(name, app.current_request.raw_body, version)
-    except InputError as e:
-        raise BadRequestError(str(e))
-    except ModelNotFound as e:
-        raise NotFoundError(str(e))
-    except ModelUnavailable as e:
-        return Response({"Code": "ServiceUnavailable", "Message": str(e)}, status_code=503)
+        check_size(app.current_request.raw_body)
+        return call()
+    except (InputError, ModelNotFound, ModelUnavailable) as e:
+        return _error(next(code for cls, code in STATUS if isinstance(e, cls)), str(e), shape)
 
 
+def _pin(version=None):
+    return version or app.current_request.headers.get("x-model-version")
+
+
+def _request_id():
+    return (app.current_request.context or {}).get("requestId")
+
+
+def _reply(answer, body=None):
+    return Response(answer if body is None else body, headers={"X-Model-Version": str(answer["version"])})
+
+
+# --- native JSON API -------------------------------------------------------------------------------
 @app.route("/ping")
 def ping():
     return {"status": "ok", "versions": len(models.describe())}
@@ -45,9 +71,73 @@ def list_models():
 
 @app.route("/models/{name}/predict", methods=["POST"])
 def predict(name):
-    return _answer(name)
+    return _guard("native", lambda: _reply(models.predict(name, app.current_request.raw_body, _pin(), _request_id())))
 
 
 @app.route("/models/{name}/versions/{version}/predict", methods=["POST"])
 def predict_version(name, version):
-    return _answer(name, version)
+    return _guard("native", lambda: _reply(models.predict(name, app.current_request.raw_body, version, _request_id())))
+
+
+# --- MLflow scoring protocol (what `mlflow models serve` answers on /invocations) -------------------
+def _invoke(name, version=None):
+    req = app.current_request
+    return _reply(*mlflow_invoke(models, name, req.raw_body, req.headers.get("content-type", ""), _pin(version), _request_id()))
+
+
+@app.route("/models/{name}/invocations", methods=["POST"], content_types=["application/json", "text/csv"])
+def invocations(name):
+    return _guard("mlflow", lambda: _invoke(name))
+
+
+@app.route("/models/{name}/versions/{version}/invocations", methods=["POST"], content_types=["application/json", "text/csv"])
+def invocations_version(name, version):
+    return _guard("mlflow", lambda: _invoke(name, version))
+
+
+# --- Open Inference Protocol v2 (KServe, Triton, MLServer clients) -------------------------------------
+@app.route("/v2/health/live")
+def v2_live():
+    return {"live": True}
+
+
+@app.route("/v2/health/ready")
+def v2_ready():
+    problems = {k: v for k, v in models.ready().items() if v}
+    return Response({"ready": not problems, "problems": problems}, status_code=503 if problems else 200)
+
+
+@app.route("/v2/models/{name}")
+def v2_model(name):
+    return _guard("oip", lambda: oip_metadata(name, models.versions(name)))
+
+
+@app.route("/v2/models/{name}/versions/{version}")
+def v2_model_version(name, version):
+    return _guard("oip", lambda: oip_metadata(name, [models.resolve(name, version)]))
+
+
+def _ready(name, version=None):
+    problems = {k: v for k, v in models.ready(name, version).items() if v}
+    return Response({"name": name, "ready": not problems, **({"error": "; ".join(problems.values())} if problems else {})},
+                    status_code=503 if problems else 200)
+
+
+@app.route("/v2/models/{name}/ready")
+def v2_model_ready(name):
+    return _guard("oip", lambda: _ready(name))
+
+
+@app.route("/v2/models/{name}/versions/{version}/ready")
+def v2_model_version_ready(name, version):
+    return _guard("oip", lambda: _ready(name, version))
+
+
+@app.route("/v2/models/{name}/infer", methods=["POST"])
+def v2_infer(name):
+    return _guard("oip", lambda: _reply(*oip_infer(models, name, app.current_request.raw_body, _pin(), _request_id())))
+
+
+@app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"])
+def v2_infer_version(name, version):
+    return _guard("oip", lambda: _reply(*oip_infer(models, name, app.current_request.raw_body, version, _request_id())))

@@ -9,8 +9,8 @@ from pathlib import Path
 from .config import disable_telemetry, load_settings
 
 # %% auto #0
-__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_export', 'cmd_smoke', 'make_parser',
-           'main']
+__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route', 'cmd_export',
+           'cmd_smoke', 'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -45,6 +45,19 @@ def cmd_promote(s, a):
     r = promote(_client(s), a.name, a.version, a.alias)
     print(f"{r['name']}: {r['alias']} -> version {r['version']}" + (f" (was {r['previous']}; now 'rollback')" if r["previous"] and a.alias == "production" and r["previous"] != r["version"] else ""))
 
+# %% ../nbs/09_cli.ipynb #fbdcd8f2
+def cmd_rollback(s, a):
+    from nutrino_ml.registry import rollback
+    r = rollback(_client(s), a.name)
+    print(f"{r['name']}: production -> version {r['version']} (version {r['previous']} is now 'rollback')")
+
+def cmd_route(s, a):
+    from nutrino_ml.registry import parse_weights, set_policy
+    p = set_policy(_client(s), a.name, parse_weights(a.weights), a.shadow, a.sticky_key)
+    print(f"{a.name}: traffic " + ", ".join(f"{k} {w:g}%" for k, w in p["weights"].items())
+          + (f"; shadow {p['shadow']}" if p["shadow"] else "") + (f"; sticky on {p['sticky_key']}" if p["sticky_key"] else "")
+          + ". Run `nutrino-ml export` to serve it.")
+
 # %% ../nbs/09_cli.ipynb #c243c5f3
 def cmd_export(s, a):
     from nutrino_ml.export import export_bundles, copy_runtime
@@ -76,6 +89,13 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("name"); pr.add_argument("version", help="a version number, or 'latest'")
     pr.add_argument("--alias", default="production", help="production (default), rollback, canary, production-b, ...")
     pr.set_defaults(fn=cmd_promote)
+    rb = models.add_parser("rollback", help="production back to the 'rollback' version")
+    rb.add_argument("name"); rb.set_defaults(fn=cmd_rollback)
+    rt = models.add_parser("route", help="set the traffic policy: weights, shadows, sticky key")
+    rt.add_argument("name"); rt.add_argument("--weights", required=True, help="ALIAS_OR_VERSION=PERCENT,... adding up to 100, e.g. production=90,canary=10")
+    rt.add_argument("--shadow", action="append", default=[], help="a version or alias that scores requests without answering (repeatable)")
+    rt.add_argument("--sticky-key", default=None, help="request field that pins an entity to its version, e.g. user_id")
+    rt.set_defaults(fn=cmd_route)
     ex = sub.add_parser("export", help="write live versions into the Chalice app")
     ex.add_argument("--live", default="production,canary", help="alias families that are served")
     ex.set_defaults(fn=cmd_export)

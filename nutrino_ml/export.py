@@ -10,9 +10,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
 from . import serving
+from .registry import resolve_policy
 
 # %% auto #0
-__all__ = ['RUNTIME_MODULES', 'is_live', 'live_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime', 'free_port',
+__all__ = ['RUNTIME_MODULES', 'is_live', 'served_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime', 'free_port',
            'http_json', 'ChaliceLocal', 'smoke_app']
 
 # %% ../nbs/08_export.ipynb #37dafb03
@@ -20,15 +21,19 @@ def is_live(alias:str, live:tuple=("production", "canary")) -> bool:
     "Is a version with `alias` served? (`production`, `production-b`, `canary`, … by default)"
     return any(alias == p or alias.startswith(p + "-") for p in live)
 
-def live_versions(client:MlflowClient, live:tuple=("production", "canary")) -> list:
-    "`(name, version, [aliases])` of every version with a live alias."
-    out = []
+def served_versions(client:MlflowClient, live:tuple=("production", "canary")) -> tuple:
+    "`([(name, version, aliases)], {name: policy})`: versions with a live alias or named by a traffic policy, and the resolved policies."
+    out, policies = [], {}
     for rm in client.search_registered_models():
-        by_version = {}
-        for a, v in rm.aliases.items():
-            if is_live(a, live): by_version.setdefault(int(v), []).append(a)
-        out += [(rm.name, v, sorted(a)) for v, a in sorted(by_version.items())]
-    return out
+        aliases = {}
+        for a, v in rm.aliases.items(): aliases.setdefault(int(v), []).append(a)
+        wanted = {v for v, al in aliases.items() if any(is_live(a, live) for a in al)}
+        policy = resolve_policy(client, rm.name)
+        if policy:
+            policies[rm.name] = policy
+            wanted |= {int(v) for v in [*policy["weights"], *policy["shadow"]]}
+        out += [(rm.name, v, sorted(aliases.get(v, []))) for v in sorted(wanted)]
+    return out, policies
 
 # %% ../nbs/08_export.ipynb #88ce099e
 def mlflow_flavor(model_uri:str, tracking_uri:str) -> str:
@@ -57,14 +62,15 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
                    bundle_dir:Path,  # where the app reads bundles (chalice_app/chalicelib/models)
                    live:tuple=("production", "canary") # alias families that are served
                   ) -> list:
-    "Replace `bundle_dir` with a sealed bundle of every live version; returns their manifests."
+    "Replace `bundle_dir` with a sealed bundle of every live version and each model's traffic policy; returns the manifests."
     client, bundle_dir = MlflowClient(tracking_uri), Path(bundle_dir)
-    versions = live_versions(client, live)
+    versions, policies = served_versions(client, live)
     if not versions: raise ValueError(f"export: no version has a live alias ({', '.join(live)}) in {tracking_uri}; promote one first: nutrino-ml models promote NAME VERSION")
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=bundle_dir.parent))
     try:
         manifests = [_export_one(client, n, v, a, stage/n/str(v), tracking_uri) for n, v, a in versions]
+        for n, p in policies.items(): (stage/n/"policy.json").write_text(json.dumps(p, indent=1))
         old = bundle_dir.with_name(bundle_dir.name + ".old")
         if bundle_dir.exists(): bundle_dir.rename(old)
         stage.rename(bundle_dir)
@@ -73,7 +79,7 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
     return manifests
 
 # %% ../nbs/08_export.ipynb #74ccfa95
-RUNTIME_MODULES = ("serving.py",)
+RUNTIME_MODULES = ("serving.py", "protocols.py")
 
 def copy_runtime(app_dir:Path) -> Path:
     "Copy the serving runtime of `nutrino_ml` into `<app_dir>/vendor/nutrino_ml/`; returns that folder."

@@ -172,3 +172,8 @@ def describe_model(model, name:str) -> pd.DataFrame:
     s = model.state()
     return pd.DataFrame({"parameter": ["phi", "beta", "global_baseline", *[f"baseline[{u}]" for u in s["users"]]],
                          "value": [s["phi"], s["beta"], s["global_baseline"], *s["baseline"]]})
+
+# %% ../nbs/05_models.ipynb #3f4fc101
+def _load_pyfunc(path:str) -> GlucoseForecaster:
+    "MLflow's loader hook for the forecaster: `path` is its logged JSON state."
+    return GlucoseForecaster.from_state(json.loads(Path(path).read_text()))

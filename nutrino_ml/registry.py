@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_registry.ipynb #ed3b6221
 from __future__ import annotations
-import json, re, subprocess, warnings
+import json, re, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd
 import mlflow
@@ -12,10 +12,11 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.exceptions import MlflowException
 import nutrino_ml
-from .models import GlucoseForecaster, model_spec, trusted_types
+from .models import model_spec, trusted_types
 
 # %% auto #0
-__all__ = ['git_state', 'ForecasterPyfunc', 'ensure_experiment', 'log_and_register', 'promote', 'list_models']
+__all__ = ['POLICY_TAG', 'git_state', 'ensure_experiment', 'log_and_register', 'promote', 'list_models', 'rollback',
+           'parse_weights', 'set_policy', 'get_policy', 'resolve_policy']
 
 # %% ../nbs/07_registry.ipynb #86ee5233
 def git_state(path:Path|str=".") -> dict:
@@ -25,17 +26,6 @@ def git_state(path:Path|str=".") -> dict:
     if head.returncode: return {"commit": "", "branch": "", "dirty": False}
     return {"commit": head.stdout.strip(), "branch": git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip(),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())}
-
-# %% ../nbs/07_registry.ipynb #39335628
-# The wrapper takes a DataFrame and returns an array; MLflow's type-hint validation adds nothing to the logged signature.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
-
-class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
-    "MLflow pyfunc wrapper of a `GlucoseForecaster` saved as JSON state."
-    def load_context(self, context):
-        self.model = GlucoseForecaster.from_state(json.loads(Path(context.artifacts["state"]).read_text()))
-    def predict(self, context, model_input, params=None):
-        return self.model.predict(model_input)
 
 # %% ../nbs/07_registry.ipynb #be92c7f8
 def ensure_experiment(name:str, artifact_location:str="") -> str:
@@ -54,9 +44,10 @@ def _log_model(name:str, kind:str, model, bundle_dir:Path, signature, example:pd
     if kind == "sklearn":
         return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted_types(model),
             pip_requirements=_requirements("scikit-learn", "numpy", "scipy", "pandas", "skops"), **common)
-    state = Path(bundle_dir)/"state.json"
-    return mlflow.pyfunc.log_model(python_model=ForecasterPyfunc(), artifacts={"state": str(state)},
-        code_paths=[str(Path(nutrino_ml.__file__).parent)], pip_requirements=_requirements("scikit-learn", "numpy", "pandas", "mlflow"), **common)
+    # our own model: MLflow loads it with nutrino_ml.models._load_pyfunc from its JSON state (no pickle); the
+    # package travels with the model so it loads where nutrino_ml is not installed
+    return mlflow.pyfunc.log_model(loader_module="nutrino_ml.models", data_path=str(Path(bundle_dir)/"state.json"),
+        code_paths=[str(Path(nutrino_ml.__file__).parent)], pip_requirements=_requirements("scikit-learn", "numpy", "pandas"), **common)
 
 # %% ../nbs/07_registry.ipynb #1d0c7c21
 def _flat(d:dict, prefix:str="") -> dict:
@@ -125,3 +116,71 @@ def list_models(client:MlflowClient) -> pd.DataFrame:
                          "mae": m.get("mae"), "r2": m.get("r2"), "run_id": mv.run_id,
                          "registered": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")})
     return pd.DataFrame(rows, columns=["name", "version", "aliases", "mae", "r2", "run_id", "registered"]).sort_values(["name", "version"], ignore_index=True)
+
+# %% ../nbs/07_registry.ipynb #8bbed973
+def rollback(client:MlflowClient, name:str) -> dict:
+    "Point `production` back at the `rollback` version, and `rollback` at the version that was in production."
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    if "rollback" not in aliases: raise ValueError(f"{name} has no 'rollback' version to return to; aliases: {aliases or 'none'}")
+    back, current = aliases["rollback"], aliases.get("production")
+    client.set_registered_model_alias(name, "production", back)
+    if current and current != back: client.set_registered_model_alias(name, "rollback", current)
+    return {"name": name, "version": int(back), "previous": int(current) if current else None}
+
+# %% ../nbs/07_registry.ipynb #f65e8e33
+POLICY_TAG = "nutrino.traffic_policy"
+
+def parse_weights(text:str) -> dict:
+    "`'production=90,canary=10'` as `{'production': 90.0, 'canary': 10.0}`."
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, sep, v = part.partition("=")
+        try: out[k.strip()] = float(v)
+        except ValueError: sep = ""
+        if not sep or not k.strip(): raise ValueError(f"weights: {part!r} is not ALIAS_OR_VERSION=PERCENT (e.g. production=90,canary=10)")
+    return out
+
+# %% ../nbs/07_registry.ipynb #e6575467
+def _check_targets(client:MlflowClient, name:str, targets) -> None:
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    for t in targets:
+        if (t.isdigit() and int(t) not in versions) or (not t.isdigit() and t not in aliases):
+            raise ValueError(f"{name}: no version or alias {t!r}; versions: {versions}, aliases: {aliases or 'none'}")
+
+# %% ../nbs/07_registry.ipynb #0d4e7af2
+def set_policy(client:MlflowClient, name:str, weights:dict, # model, and percent per alias or version
+               shadow:list=(), sticky_key:str|None=None     # versions/aliases scoring in shadow; field for sticky routing
+              ) -> dict:
+    "Validate and store the traffic policy of `name` in the registry; returns it."
+    if not weights: raise ValueError("weights: give at least one, e.g. production=100")
+    total = sum(weights.values())
+    if min(weights.values()) < 0 or abs(total - 100) > 1e-6: raise ValueError(f"weights {weights} must be non-negative and add up to 100 (they add up to {total:g})")
+    shadow = [str(v) for v in shadow]
+    _check_targets(client, name, [*weights, *shadow])
+    both = sorted(set(shadow) & set(weights))
+    if both: raise ValueError(f"{both} both take traffic and shadow it; a shadow version scores requests it does not answer")
+    if sticky_key is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", sticky_key): raise ValueError(f"sticky key {sticky_key!r}: use a field name such as user_id")
+    policy = {"weights": weights, "shadow": shadow, "sticky_key": sticky_key}
+    client.set_registered_model_tag(name, POLICY_TAG, json.dumps(policy))
+    return policy
+
+def get_policy(client:MlflowClient, name:str) -> dict|None:
+    "The stored traffic policy of `name`, or None."
+    tag = client.get_registered_model(name).tags.get(POLICY_TAG)
+    return json.loads(tag) if tag else None
+
+# %% ../nbs/07_registry.ipynb #fe6a56d1
+def resolve_policy(client:MlflowClient, name:str) -> dict|None:
+    "The traffic policy of `name` with aliases resolved to version numbers; None when it has no policy."
+    p = get_policy(client, name)
+    if not p: return None
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    def ver(t):
+        if t.isdigit(): return t
+        if t not in aliases: raise ValueError(f"{name}: its traffic policy names alias {t!r}, which no version carries now; set it again with `nutrino-ml models route`")
+        return aliases[t]
+    weights = {}
+    for t, w in p["weights"].items(): weights[ver(t)] = weights.get(ver(t), 0) + w
+    return {"weights": weights, "shadow": [v for v in dict.fromkeys(ver(t) for t in p["shadow"]) if v not in weights],
+            "sticky_key": p["sticky_key"], "source": p}

@@ -4,14 +4,15 @@
 
 # %% ../nbs/04_serving.ipynb #f4d9d0b9
 from __future__ import annotations
-import hashlib, json, math
+import hashlib, json, math, os, time
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MANIFEST', 'MAX_ROWS', 'FORMATS', 'InputError', 'ModelNotFound', 'ModelUnavailable', 'sha256_file', 'seal_bundle',
-           'verify_bundle', 'validate_rows', 'parse_body', 'ForecastKernel', 'ForecasterPredictor', 'OnnxPredictor',
-           'ServedModels']
+__all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'FORMATS', 'BUCKETS', 'InputError', 'ModelNotFound', 'ModelUnavailable',
+           'PayloadTooLarge', 'check_size', 'sha256_file', 'seal_bundle', 'verify_bundle', 'validate_rows',
+           'decode_json', 'parse_body', 'ForecastKernel', 'ForecasterPredictor', 'OnnxPredictor', 'bucket', 'choose',
+           'load_policy', 'print_json_line', 'entity_of', 'ServedModels']
 
 # %% ../nbs/04_serving.ipynb #e7d25dec
 class InputError(ValueError):
@@ -23,6 +24,16 @@ class ModelNotFound(LookupError):
 
 class ModelUnavailable(RuntimeError):
     "The version exists but its bundle cannot be served (missing or altered files)."
+
+class PayloadTooLarge(InputError):
+    "The request body is larger than serving accepts (HTTP 413)."
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # Lambda takes 6 MB synchronously; leave room for the envelope
+
+def check_size(body, limit:int=MAX_BODY_BYTES):
+    "Raise `PayloadTooLarge` when a raw request body exceeds `limit` bytes."
+    n = len(body) if isinstance(body, (bytes, str)) else 0
+    if n > limit: raise PayloadTooLarge(f"request body is {n} bytes; send at most {limit} bytes per request (split the rows over several requests)")
 
 # %% ../nbs/04_serving.ipynb #19e070e8
 MANIFEST = "manifest.json"
@@ -92,12 +103,17 @@ def validate_rows(rows:list,    # JSON rows, one object per prediction
 # %% ../nbs/04_serving.ipynb #88f0646d
 _SHAPE = 'send JSON {"rows": [{"field": value, ...}, ...]}'
 
+def decode_json(body):
+    "A raw request body (bytes/str) parsed as JSON (None when empty); parsed values pass through."
+    if not isinstance(body, (bytes, str)): return body
+    if not body.strip(): return None
+    try: return json.loads(body)
+    except ValueError as e: raise InputError(f"request body is not valid JSON ({e}); {_SHAPE}") from None
+
 def parse_body(body) -> list:
     "The rows of a request body: raw JSON bytes/text, or already parsed JSON."
-    if isinstance(body, (bytes, str)) and body.strip():
-        try: body = json.loads(body)
-        except ValueError as e: raise InputError(f"request body is not valid JSON ({e}); {_SHAPE}") from None
-    if body is None or body in ("", b"", {}) or (isinstance(body, (bytes, str)) and not body.strip()): raise InputError(f"empty request body; {_SHAPE}")
+    body = decode_json(body)
+    if body is None or body == {}: raise InputError(f"empty request body; {_SHAPE}")
     if isinstance(body, list): return body
     if isinstance(body, dict) and set(body) == {"rows"}: return body["rows"]
     if isinstance(body, dict) and set(body) == {"row"}: return [body["row"]]
@@ -144,15 +160,53 @@ class OnnxPredictor:
 FORMATS = {"forecaster-json": ForecasterPredictor, "onnx": OnnxPredictor}
 
 # %% ../nbs/04_serving.ipynb #9df8fe6a
+BUCKETS = 10_000
+
+def bucket(key:str, salt:str) -> int:
+    "Stable bucket of `key` in [0, 10000), salted (with the model name) so models split independently."
+    return int.from_bytes(hashlib.sha256(f"{salt}|{key}".encode()).digest()[:8], "big") % BUCKETS
+
+def choose(weights:dict, b:int) -> int:
+    "The version (key of `weights`, percentages in policy order) whose share of the buckets holds bucket `b`."
+    edge = 0.0
+    for v, w in weights.items():
+        edge += w * BUCKETS / 100
+        if b < edge: return v
+    return [v for v, w in weights.items() if w > 0][-1]  # float rounding at the very top
+
+# %% ../nbs/04_serving.ipynb #ad966892
+def load_policy(path:Path, name:str, versions:dict) -> dict:
+    "The exported traffic policy of model `name` at `path`, checked against its exported `versions`."
+    p = json.loads(Path(path).read_text())
+    weights = {int(v): float(w) for v, w in p["weights"].items()}
+    shadow = [int(v) for v in p.get("shadow", [])]
+    missing = sorted(v for v in [*weights, *shadow] if v not in versions)
+    if missing: raise ModelUnavailable(f"{name}: its traffic policy names versions {missing} that were not exported; re-run `nutrino-ml export`")
+    if abs(sum(weights.values()) - 100) > 1e-6 or min(weights.values(), default=-1) < 0:
+        raise ModelUnavailable(f"{name}: traffic policy weights {p['weights']} must be non-negative and add up to 100")
+    return {**p, "weights": weights, "shadow": shadow}
+
+# %% ../nbs/04_serving.ipynb #03079b7d
 def _versions_text(versions:dict) -> str:
     al = {a: v for v, m in versions.items() for a in m.get("aliases", [])}
     return f"served versions: {sorted(versions)}, aliases: {al or 'none'}"
 
-# %% ../nbs/04_serving.ipynb #d8b4c61a
+def print_json_line(record:dict):
+    "Write `record` as one JSON line on stdout (CloudWatch Logs in Lambda)."
+    print(json.dumps(record, separators=(",", ":")), flush=True)
+
+def entity_of(body, rows:list, key:str|None):
+    "The value of the sticky `key` for a request: a top-level body field, else the first row's field."
+    if not key: return None
+    if isinstance(body, dict) and body.get(key) is not None: return str(body[key])
+    first = rows[0] if rows and isinstance(rows[0], dict) else {}
+    return None if first.get(key) is None else str(first[key])
+
+# %% ../nbs/04_serving.ipynb #f0052a5f
 class ServedModels:
-    "The model versions exported under `root`, loaded on first use."
-    def __init__(self, root:Path):
-        self.root, self.manifests, self.broken, self._loaded = Path(root), {}, {}, {}
+    "The model versions exported under `root`, loaded on first use, routed by each model's traffic policy."
+    def __init__(self, root:Path, log=print_json_line):
+        self.root, self.log, self.manifests, self.broken, self._loaded, self._policies = Path(root), log, {}, {}, {}, {}
         for f in sorted(self.root.glob(f"*/*/{MANIFEST}")):
             try:
                 m = json.loads(f.read_text())
@@ -164,28 +218,107 @@ class ServedModels:
         keys = ("name", "version", "aliases", "format", "flavor", "inputs", "output", "metrics", "input_example", "run_id")
         return [{k: m.get(k) for k in keys} for n in sorted(self.manifests) for v, m in sorted(self.manifests[n].items())]
 
+    def policy(self, name:str) -> dict|None:
+        "The traffic policy of `name`, or None (then every unpinned request gets `production`)."
+        if name not in self._policies:
+            f = self.root/name/"policy.json"
+            self._policies[name] = load_policy(f, name, self.manifests.get(name, {})) if f.is_file() else None
+        return self._policies[name]
+
+    def versions(self, name:str) -> list:
+        "Manifests of every served version of `name`, oldest first."
+        if name not in self.manifests: raise ModelNotFound(f"no model '{name}' is served; served models: {sorted(self.manifests)}")
+        return [m for v, m in sorted(self.manifests[name].items())]
+
     def resolve(self, name:str, version:str|int|None=None) -> dict:
         "The manifest of `name` at `version` (a number or an alias; 'production' by default)."
-        if name not in self.manifests: raise ModelNotFound(f"no model '{name}' is served; served models: {sorted(self.manifests)}")
+        self.versions(name)
         versions, want = self.manifests[name], "production" if version is None else str(version)
         if want.isdigit() and int(want) in versions: return versions[int(want)]
         for v, m in sorted(versions.items(), reverse=True):
             if want in m.get("aliases", []): return m
         raise ModelNotFound(f"model '{name}' has no version or alias '{want}'; {_versions_text(versions)}")
 
-    def predictor(self, m:dict):
-        "The loaded predictor of manifest `m`, checked against its checksums on first use."
-        key = (m["name"], m["version"])
-        if key not in self._loaded:
-            d = self.root/m["name"]/str(m["version"])
-            verify_bundle(d, m)
-            if m.get("format") not in FORMATS: raise ModelUnavailable(f"{key[0]} version {key[1]}: unknown bundle format {m.get('format')!r}")
-            self._loaded[key] = FORMATS[m["format"]](d, m)
-        return self._loaded[key]
+    def default(self, name:str) -> dict:
+        "The version an unpinned request is parsed against: production, else the newest served version."
+        try: return self.resolve(name)
+        except ModelNotFound:
+            if name not in self.manifests: raise
+            return self.manifests[name][max(self.manifests[name])]
 
-    def predict(self, name:str, body, version:str|int|None=None) -> dict:
-        "Predictions of `name` (at `version`, or production) for a request body; says which version answered."
-        m = self.resolve(name, version)
-        cols = validate_rows(parse_body(body), m["inputs"])
-        preds = self.predictor(m).predict(cols)
-        return {"model": name, "version": m["version"], "predictions": [float(p) for p in preds]}
+    def schema(self, name:str, version=None) -> list:
+        "The input schema requests for `name` (pinned to `version`, if given) are read with."
+        return (self.resolve(name, version) if version not in (None, "") else self.default(name))["inputs"]
+
+    def route(self, name:str, version=None, entity:str|None=None, request_id:str="") -> tuple:
+        "`(manifest, reason)`: the pinned version, else the policy's choice (sticky on `entity`), else production."
+        if version not in (None, ""): return self.resolve(name, version), "pinned"
+        p = self.policy(name)
+        if not p: return self.resolve(name), "production"
+        key = entity if entity is not None else request_id
+        return self.manifests[name][choose(p["weights"], bucket(key, name))], "sticky" if entity is not None else "weighted"
+
+# %% ../nbs/04_serving.ipynb #4612b669
+def _predictor(self:ServedModels, m:dict):
+    "The loaded predictor of manifest `m`, checked against its checksums on first use."
+    key = (m["name"], m["version"])
+    if key not in self._loaded:
+        d = self.root/m["name"]/str(m["version"])
+        verify_bundle(d, m)
+        if m.get("format") not in FORMATS: raise ModelUnavailable(f"{key[0]} version {key[1]}: unknown bundle format {m.get('format')!r}")
+        self._loaded[key] = FORMATS[m["format"]](d, m)
+    return self._loaded[key]
+
+def _score(self:ServedModels, m:dict, rows:list, drop:str|None=None) -> list:
+    "Predictions of version `m` for JSON `rows` (without the field `drop` when it is not one of its inputs)."
+    if drop and drop not in {f["name"] for f in m["inputs"]}: rows = [{k: v for k, v in r.items() if k != drop} if isinstance(r, dict) else r for r in rows]
+    return [float(p) for p in self.predictor(m).predict(validate_rows(rows, m["inputs"]))]
+
+ServedModels.predictor, ServedModels.score = _predictor, _score
+
+# %% ../nbs/04_serving.ipynb #3d6f1e2a
+def _serve(self:ServedModels, name:str, rows:list, version=None, entity:str|None=None, request_id:str|None=None) -> dict:
+    "Route and score `rows` for model `name`; scores the policy's shadows too; logs every prediction; returns the answer."
+    request_id = request_id or hashlib.sha256(os.urandom(16)).hexdigest()[:16]
+    t0 = time.perf_counter()
+    p = self.policy(name) or {}
+    sticky = p.get("sticky_key")
+    if entity is None: entity = entity_of(None, rows, sticky)
+    m, reason = self.route(name, version, entity, request_id)
+    preds = self.score(m, rows, sticky)
+    answer = {"model": name, "version": m["version"], "route": reason, "predictions": preds}
+    self.log(_record(request_id, name, m["version"], reason, False, t0, entity, preds))
+    for v in p.get("shadow", []):
+        if v == m["version"]: continue
+        t1 = time.perf_counter()
+        try: self.log(_record(request_id, name, v, "shadow", True, t1, entity, self.score(self.manifests[name][v], rows, sticky)))
+        except Exception as e: self.log({**_record(request_id, name, v, "shadow", True, t1, entity, None), "error": str(e)})
+    return answer
+
+def _record(request_id, name, version, reason, shadow, t0, entity, preds) -> dict:
+    return {"event": "prediction", "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "request_id": request_id,
+            "model": name, "version": version, "route": reason, "shadow": shadow,
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 3), "rows": None if preds is None else len(preds),
+            "entity": entity, "predictions": preds}
+
+def _predict(self:ServedModels, name:str, body, version=None, request_id:str|None=None) -> dict:
+    "Predictions of `name` for a native request body: `{\"rows\": [...]}`, optionally with the sticky key's value beside the rows."
+    body, sticky = decode_json(body), (self.policy(name) or {}).get("sticky_key")
+    rows = parse_body({k: v for k, v in body.items() if k != sticky} if sticky and isinstance(body, dict) else body)
+    return self.serve(name, rows, version, entity_of(body, rows, sticky), request_id)
+
+def _ready(self:ServedModels, name:str|None=None, version=None) -> dict:
+    "`{'model@version': problem or None}` after loading what would serve `name` (or every model) unpinned, or `version`."
+    out = {}
+    for n in ([name] if name else sorted(self.manifests)):
+        try:
+            p = None if version not in (None, "") else self.policy(n)
+            ms = [self.manifests[n][v] for v in [*p["weights"], *p["shadow"]]] if p else [self.resolve(n, version) if version not in (None, "") else self.default(n)]
+        except ModelUnavailable as e:
+            out[n] = str(e); continue
+        for m in ms:
+            try: self.predictor(m); out[f"{n}@{m['version']}"] = None
+            except ModelUnavailable as e: out[f"{n}@{m['version']}"] = str(e)
+    return out
+
+ServedModels.serve, ServedModels.predict, ServedModels.ready = _serve, _predict, _ready

@@ -49,9 +49,13 @@ def test_predict_production_and_pinned_version(client, name):
     assert r.status_code == 200
     assert r.json_body["model"] == name and r.json_body["version"] == 1
     assert len(r.json_body["predictions"]) == len(rows) and all(isinstance(p, float) for p in r.json_body["predictions"])
+    assert r.json_body["route"] == "production" and r.headers["X-Model-Version"] == "1"
+    same = lambda b: {k: b[k] for k in ("model", "version", "predictions")}
     pinned = post(client, f"/models/{name}/versions/1/predict", rows)  # a bare list of rows is accepted too
-    assert pinned.json_body == r.json_body
-    assert post(client, f"/models/{name}/versions/production/predict", {"rows": rows}).json_body == r.json_body
+    assert same(pinned.json_body) == same(r.json_body) and pinned.json_body["route"] == "pinned"
+    assert same(post(client, f"/models/{name}/versions/production/predict", {"rows": rows}).json_body) == same(r.json_body)
+    by_header = post(client, f"/models/{name}/predict", {"rows": rows}, headers={**JSON, "X-Model-Version": "1"})
+    assert by_header.json_body["route"] == "pinned" and same(by_header.json_body) == same(r.json_body)
 
 
 def error(r, status):
@@ -93,7 +97,7 @@ def test_over_real_http_with_chalice_local(built, client):
         for name in MODELS:
             rows = example(client, name)
             status, body = http_json("POST", f"{srv.url}/models/{name}/predict", {"rows": rows})
-            assert status == 200 and body == post(client, f"/models/{name}/predict", {"rows": rows}).json_body
+            assert status == 200 and body["predictions"] == post(client, f"/models/{name}/predict", {"rows": rows}).json_body["predictions"]
         status, body = http_json("POST", f"{srv.url}/models/glucose-forecast/predict", {"rows": [{"user_id": "u1", "glucose_mgdl": "high"}]})
         assert status == 400 and "field 'glucose_mgdl' must be a number" in body["Message"]
         status, body = http_json("POST", f"{srv.url}/models/nope/predict", {"rows": [{}]})

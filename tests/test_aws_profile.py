@@ -173,7 +173,7 @@ def test_run_artifacts_are_objects_in_moto_s3(stack, mlflow_process, mlflow_serv
         where = f"mlflow/{logged.artifact_location[len('mlflow-artifacts:/'):].strip('/')}/"
         model_keys = {k[len(where):] for k in keys if k.startswith(where)}
         assert {"MLmodel", "input_example.json"} <= model_keys, (where, sorted(keys))
-        assert ("model.skops" if name == "glucose-response" else "artifacts/state.json") in model_keys, sorted(model_keys)
+        assert ("model.skops" if name == "glucose-response" else "data/state.json") in model_keys, sorted(model_keys)
     # the server really proxied to S3: no local artifact store appeared in its working folder
     assert sorted(p.name for p in mlflow_process.tmp.iterdir()) == ["mlflow.db", "server.log"]
 

@@ -44,7 +44,7 @@ def test_every_dependency_was_fetched(package):
     # chalice exits 0 even when it could not install a dependency; it only says so
     assert "Could not install" not in package["log"] and "missing" not in package["log"].lower(), package["log"]
     names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
-    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
+    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "nutrino_ml/protocols.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
         assert top in names, top
     assert any(n.startswith("chalicelib/models/glucose-response/1/model.onnx") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber")]
@@ -74,7 +74,10 @@ def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
     # -I -S: no site-packages, no PYTHONPATH, no user site: only what the zip holds, as in Lambda
     p = subprocess.run([sys.executable, "-I", "-S", "-c", INVOKE, json.dumps(reqs)], cwd=d, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    *answers, imported = json.loads(p.stdout)
+    *logs, last = p.stdout.strip().splitlines()
+    *answers, imported = json.loads(last)
+    # one structured log line per prediction (CloudWatch in Lambda), for the two that were answered
+    assert [(json.loads(l)["event"], json.loads(l)["model"]) for l in logs] == [("prediction", m) for m in examples]
     assert [a["status"] for a in answers] == [200, 200, 400, 404]
     assert len(answers[0]["body"]["predictions"]) == len(examples["glucose-response"])
     assert "field 'user_id' must be a non-empty string" in answers[2]["body"]["Message"]
