@@ -17,7 +17,7 @@ for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
 
 from pathlib import Path
 
-from chalice import Chalice, Response
+from chalice import Chalice, IAMAuthorizer, Response
 
 from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
 from nutrino_ml.serving import (InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
@@ -25,6 +25,15 @@ from nutrino_ml.serving import (InputError, ModelNotFound, ModelUnavailable, Pay
 
 app = Chalice(app_name="nutrino-serving")
 models = ServedModels(Path(__file__).parent / "chalicelib" / "models")
+
+# Who may call the model routes is chosen per stage: .chalice/config.json sets API_AUTH, and Chalice sets a
+# stage's environment before it imports this module to deploy or package it. `prod` requires an API key
+# (clients send x-api-key; keys and usage plans live in API Gateway); `iam` requires SigV4-signed calls.
+# Health routes (/ping, /v2/health/*) stay open for load balancers and probes.
+AUTH_MODES = {"none": {}, "api_key": {"api_key_required": True}, "iam": {"authorizer": IAMAuthorizer()}}
+if os.environ.get("API_AUTH", "none") not in AUTH_MODES:
+    raise RuntimeError(f"API_AUTH={os.environ['API_AUTH']!r}: use one of {sorted(AUTH_MODES)} (set per stage in .chalice/config.json)")
+AUTH = AUTH_MODES[os.environ.get("API_AUTH", "none")]
 
 STATUS = [(PayloadTooLarge, 413), (InputError, 400), (ModelNotFound, 404), (ModelUnavailable, 503)]
 CODES = {400: ("BadRequestError", "BAD_REQUEST"), 404: ("NotFoundError", "RESOURCE_DOES_NOT_EXIST"),
@@ -64,17 +73,17 @@ def ping():
     return {"status": "ok", "versions": len(models.describe())}
 
 
-@app.route("/models")
+@app.route("/models", **AUTH)
 def list_models():
     return {"models": models.describe()}
 
 
-@app.route("/models/{name}/predict", methods=["POST"])
+@app.route("/models/{name}/predict", methods=["POST"], **AUTH)
 def predict(name):
     return _guard("native", lambda: _reply(models.predict(name, app.current_request.raw_body, _pin(), _request_id())))
 
 
-@app.route("/models/{name}/versions/{version}/predict", methods=["POST"])
+@app.route("/models/{name}/versions/{version}/predict", methods=["POST"], **AUTH)
 def predict_version(name, version):
     return _guard("native", lambda: _reply(models.predict(name, app.current_request.raw_body, version, _request_id())))
 
@@ -85,12 +94,12 @@ def _invoke(name, version=None):
     return _reply(*mlflow_invoke(models, name, req.raw_body, req.headers.get("content-type", ""), _pin(version), _request_id()))
 
 
-@app.route("/models/{name}/invocations", methods=["POST"], content_types=["application/json", "text/csv"])
+@app.route("/models/{name}/invocations", methods=["POST"], content_types=["application/json", "text/csv"], **AUTH)
 def invocations(name):
     return _guard("mlflow", lambda: _invoke(name))
 
 
-@app.route("/models/{name}/versions/{version}/invocations", methods=["POST"], content_types=["application/json", "text/csv"])
+@app.route("/models/{name}/versions/{version}/invocations", methods=["POST"], content_types=["application/json", "text/csv"], **AUTH)
 def invocations_version(name, version):
     return _guard("mlflow", lambda: _invoke(name, version))
 
@@ -107,12 +116,12 @@ def v2_ready():
     return Response({"ready": not problems, "problems": problems}, status_code=503 if problems else 200)
 
 
-@app.route("/v2/models/{name}")
+@app.route("/v2/models/{name}", **AUTH)
 def v2_model(name):
     return _guard("oip", lambda: oip_metadata(name, models.versions(name)))
 
 
-@app.route("/v2/models/{name}/versions/{version}")
+@app.route("/v2/models/{name}/versions/{version}", **AUTH)
 def v2_model_version(name, version):
     return _guard("oip", lambda: oip_metadata(name, [models.resolve(name, version)]))
 
@@ -123,21 +132,21 @@ def _ready(name, version=None):
                     status_code=503 if problems else 200)
 
 
-@app.route("/v2/models/{name}/ready")
+@app.route("/v2/models/{name}/ready", **AUTH)
 def v2_model_ready(name):
     return _guard("oip", lambda: _ready(name))
 
 
-@app.route("/v2/models/{name}/versions/{version}/ready")
+@app.route("/v2/models/{name}/versions/{version}/ready", **AUTH)
 def v2_model_version_ready(name, version):
     return _guard("oip", lambda: _ready(name, version))
 
 
-@app.route("/v2/models/{name}/infer", methods=["POST"])
+@app.route("/v2/models/{name}/infer", methods=["POST"], **AUTH)
 def v2_infer(name):
     return _guard("oip", lambda: _reply(*oip_infer(models, name, app.current_request.raw_body, _pin(), _request_id())))
 
 
-@app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"])
+@app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"], **AUTH)
 def v2_infer_version(name, version):
     return _guard("oip", lambda: _reply(*oip_infer(models, name, app.current_request.raw_body, version, _request_id())))

@@ -35,9 +35,9 @@ def package(built, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("package")
     app = tmp / "app"
     shutil.copytree(built["app"], app, ignore=shutil.ignore_patterns("__pycache__", "deployments"))
-    p = run([BIN / "chalice", "package", "--stage", "dev", tmp / "out"], cwd=app,
-            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "AWS_DEFAULT_REGION": "eu-west-1"})
-    return {"out": tmp / "out", "log": p.stdout, "tmp": tmp}
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "AWS_DEFAULT_REGION": "eu-west-1"}
+    logs = {st: run([BIN / "chalice", "package", "--stage", st, tmp / f"out-{st}"], cwd=app, env=env).stdout for st in ("dev", "prod")}
+    return {"out": tmp / "out-dev", "prod": tmp / "out-prod", "log": "\n".join(logs.values()), "tmp": tmp}
 
 
 def test_every_dependency_was_fetched(package):
@@ -57,10 +57,41 @@ def test_package_fits_chalice_deploy_limits(package):
     assert z.stat().st_size <= 50 * MB and unzipped <= 250 * MB
 
 
-def test_sam_template_sets_the_lambda_runtime(package):
-    sam = json.loads((package["out"] / "sam.json").read_text())
-    fn = next(r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Function")["Properties"]
-    assert fn["Runtime"] == "python3.12" and fn["MemorySize"] == 1024 and fn["Timeout"] == 30
+def resources(out, kind):
+    sam = json.loads((out / "sam.json").read_text())
+    return [r["Properties"] for r in sam["Resources"].values() if r["Type"] == kind]
+
+
+def test_sam_template_sets_the_lambda_runtime_per_stage(package):
+    for out, memory in ((package["out"], 1024), (package["prod"], 1769)):
+        fn = resources(out, "AWS::Serverless::Function")[0]
+        assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", memory, 30)
+
+
+def test_prod_requires_an_api_key_on_model_routes_and_dev_does_not(package):
+    def secured(out):
+        paths = resources(out, "AWS::Serverless::Api")[0]["DefinitionBody"]["paths"]
+        return {p for p, ops in paths.items() for op in ops.values() if isinstance(op, dict) and op.get("security")}, set(paths)
+    prod, paths = secured(package["prod"])
+    assert prod == {p for p in paths if p.startswith(("/models", "/v2/models"))} and len(prod) == 11
+    assert "/ping" not in prod and "/v2/health/ready" not in prod
+    assert secured(package["out"])[0] == set()
+
+
+def test_iam_policy_is_explicit_and_lists_only_what_the_app_uses(package):
+    for st, out in (("dev", package["out"]), ("prod", package["prod"])):
+        role = resources(out, "AWS::IAM::Role")[0]
+        doc = role["Policies"][0]["PolicyDocument"]
+        assert doc == json.loads((ROOT / "chalice_app" / ".chalice" / f"policy-{st}.json").read_text())
+        actions = {a for stmt in doc["Statement"] for a in stmt["Action"]}
+        assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+        assert all("*" not in stmt["Action"] and stmt["Resource"] != "*" for stmt in doc["Statement"])
+
+
+def test_generated_sam_templates_pass_cfn_lint(package):
+    for out in (package["out"], package["prod"]):
+        p = run([BIN / "cfn-lint", out / "sam.json"], check=False)
+        assert p.returncode == 0, p.stdout
 
 
 def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
