@@ -9,8 +9,8 @@ from pathlib import Path
 from .config import disable_telemetry, load_settings
 
 # %% auto #0
-__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route', 'cmd_export',
-           'cmd_smoke', 'make_parser', 'main']
+__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route',
+           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -58,6 +58,18 @@ def cmd_route(s, a):
           + (f"; shadow {p['shadow']}" if p["shadow"] else "") + (f"; sticky on {p['sticky_key']}" if p["sticky_key"] else "")
           + ". Run `nutrino-ml export` to serve it.")
 
+# %% ../nbs/09_cli.ipynb #aa2beb33
+def cmd_log_collect(s, a):
+    from nutrino_ml.inference_log import collect_log
+    lines = [l for f in a.files for l in (sys.stdin if f == "-" else open(f, encoding="utf-8"))]
+    r = collect_log(_lake(s), lines)
+    print(f"inference_log in {s.datalake_root}: {r['added']} records added, {r['already_there']} already there, {r['other_lines']} other lines skipped")
+
+def cmd_log_compare(s, a):
+    from nutrino_ml.inference_log import compare_versions, read_inference_log
+    df = compare_versions(read_inference_log(_lake(s)))
+    print((df[df.model == a.model] if a.model else df).to_string(index=False))
+
 # %% ../nbs/09_cli.ipynb #c243c5f3
 def cmd_export(s, a):
     from nutrino_ml.export import export_bundles, copy_runtime
@@ -96,6 +108,11 @@ def make_parser() -> argparse.ArgumentParser:
     rt.add_argument("--shadow", action="append", default=[], help="a version or alias that scores requests without answering (repeatable)")
     rt.add_argument("--sticky-key", default=None, help="request field that pins an entity to its version, e.g. user_id")
     rt.set_defaults(fn=cmd_route)
+    il = sub.add_parser("inference-log", help="served predictions in the lake").add_subparsers(dest="action", required=True)
+    co = il.add_parser("collect", help="add the prediction records of app log files (or - for stdin) to the lake")
+    co.add_argument("files", nargs="+"); co.set_defaults(fn=cmd_log_collect)
+    cp = il.add_parser("compare", help="versions side by side on logged traffic")
+    cp.add_argument("--model", default=None); cp.set_defaults(fn=cmd_log_compare)
     ex = sub.add_parser("export", help="write live versions into the Chalice app")
     ex.add_argument("--live", default="production,canary", help="alias families that are served")
     ex.set_defaults(fn=cmd_export)

@@ -136,22 +136,22 @@ def partitions(self:Lake, table:str) -> list:
 
 # %% ../nbs/01_datalake.ipynb #87ab04c9
 @patch
-def read_partition(self:Lake, table:str, dt:str) -> pd.DataFrame:
-    "Rows of one partition, validated against the table's spec."
+def read_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None) -> pd.DataFrame:
+    "Rows of one partition, validated against `spec` (the table's entry in `TABLES` by default)."
     where = f"{table}/dt={dt}"
     try: df = pq.read_table(self.partition_path(table, dt), filesystem=self.fs, partitioning=None).to_pandas()
     except (pa.ArrowInvalid, OSError) as e: raise DatalakeError(f"{where}: unreadable parquet ({e})") from e
-    return validate_frame(df, TABLES[table], where)
+    return validate_frame(df, spec or TABLES[table], where)
 
 # %% ../nbs/01_datalake.ipynb #916b8253
 @patch
-def read_table(self:Lake, table:str) -> pd.DataFrame:
+def read_table(self:Lake, table:str, spec:TableSpec|None=None) -> pd.DataFrame:
     "All partitions of `table`, validated, with a `dt` column; an event in two partitions is an error."
     dts = self.partitions(table)
     if not dts: raise DatalakeError(f"{self.table_path(table)}: no partitions; did the lake get written (nutrino-ml datalake simulate)?")
-    parts = [self.read_partition(table, dt).assign(dt=dt) for dt in dts]
+    parts = [self.read_partition(table, dt, spec).assign(dt=dt) for dt in dts]
     df = pd.concat(parts, ignore_index=True)
-    key = TABLES[table].key
+    key = (spec or TABLES[table]).key
     dup = df[df[key].duplicated(keep=False)]
     if len(dup):
         first = dup[dup[key] == dup[key].iloc[0]]

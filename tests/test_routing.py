@@ -84,6 +84,23 @@ def test_weighted_sticky_split_over_10000_users_with_a_shadow(registry):
     by_request = {r["request_id"]: r for r in answered}
     assert all(s["request_id"] in by_request for s in shadows)
     assert shadows[0]["predictions"][0] != by_request[shadows[0]["request_id"]]["predictions"][0]
+    registry["records"] = records
+
+
+def test_logged_predictions_land_in_the_lake_and_compare_versions(registry, tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("START RequestId: 1\n" + "\n".join(json.dumps(r) for r in registry["records"]) + "\n")
+    env = registry["env"]
+    out = cli(env, "inference-log", "collect", log).stdout
+    assert f"{len(registry['records'])} records added, 0 already there, 1 other lines skipped" in out
+    assert "0 records added" in cli(env, "inference-log", "collect", log).stdout  # idempotent
+    table = cli(env, "inference-log", "compare", "--model", FORECAST).stdout
+    rows = [l.split() for l in table.splitlines()[1:]]
+    assert {(r[1], r[2]) for r in rows} == {("1", "served"), ("2", "served"), ("3", "served"), ("3", "shadow")}
+    shadow = next(r for r in rows if r[2] == "shadow")
+    served = {r["request_id"]: r["predictions"][0] for r in registry["records"] if not r["shadow"]}
+    diffs = [abs(r["predictions"][0] - served[r["request_id"]]) for r in registry["records"] if r["shadow"]]
+    assert abs(float(shadow[-1]) - sum(diffs) / len(diffs)) < 1e-4 and float(shadow[-1]) > 1  # v3 sits above v1 and v2
 
 
 def test_rollback_serves_the_previous_production_version(registry):
