@@ -19,10 +19,11 @@ WHEELHOUSE := .wheelhouse
 DEMO_USERS ?= 12
 DEMO_DAYS ?= 10
 
-.PHONY: help venv demo test lint-nbs nbs-test pytest export-lib lab clean
+.PHONY: help venv demo test bench lint-nbs nbs-test pytest lab clean
 help:
 	@echo "make demo   simulate a lake, train + register both models, promote, export, serve with chalice local, predict"
 	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
+	@echo "make bench  serving benchmarks vs MLflow (bench/README.md)"
 
 $(STAMP): pyproject.toml chalice_app/requirements.txt
 	@test -x $(BIN)/python || "$$(.ci/find-python312)" -m venv $(VENV)
@@ -55,6 +56,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint-nbs nbs-test pytest
+
+# benchmarks against the tools a user would otherwise use; each writes its table into bench/README.md
+bench: $(STAMP)
+	$(BIN)/python bench/serving/run.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1

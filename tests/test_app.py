@@ -90,6 +90,17 @@ def test_tampered_bundle_is_unavailable_and_the_others_keep_serving(built, tmp_p
         rows = example(c, "glucose-response")
         assert "fails its sha256 check" in error(post(c, "/models/glucose-response/predict", {"rows": rows}), 503)
         assert post(c, "/models/glucose-forecast/predict", {"rows": example(c, "glucose-forecast")}).status_code == 200
+        assert c.http.get("/v2/health/ready").status_code == 503
+        assert c.http.get("/v2/models/glucose-forecast/ready").status_code == 200
+
+
+def test_missing_bundle_file_is_unavailable_and_the_others_keep_serving(built, tmp_path):
+    app_dir = tmp_path / "app"
+    shutil.copytree(built["app"], app_dir)
+    (app_dir / "chalicelib" / "models" / "glucose-forecast" / "1" / "state.json").unlink()
+    with Client(load_app(app_dir)) as c:
+        assert "'state.json' is missing" in error(post(c, "/models/glucose-forecast/predict", {"rows": [{"user_id": "u1", "glucose_mgdl": 100}]}), 503)
+        assert post(c, "/models/glucose-response/predict", {"rows": example(c, "glucose-response")}).status_code == 200
 
 
 def test_over_real_http_with_chalice_local(built, client):
