@@ -3,7 +3,7 @@
 Everything runs against real components started here (Ploomber, MLflow on SQLite or as a server, chalice,
 a moto server on 127.0.0.1) and is stopped again; nothing leaves the machine.
 """
-import json, os, shutil, socket, subprocess, sys, time, urllib.request
+import importlib.util, json, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +73,14 @@ def copy_app(dst: Path) -> Path:
     shutil.copytree(ROOT / "chalice_app", dst, ignore=shutil.ignore_patterns(
         "models", "vendor", "deployments", "__pycache__", "packaged"))
     return dst
+
+
+def load_app_module(app_dir: Path):
+    """Import `app_dir`/app.py as a fresh module (each app dir serves its own bundles)."""
+    spec = importlib.util.spec_from_file_location(f"app_{abs(hash(str(app_dir)))}", app_dir / "app.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def build(env, products, *extra, check=True):

@@ -1,21 +1,17 @@
 """The Chalice app's API contract: through chalice.test.Client, and over real HTTP to `chalice local`."""
-import importlib.util, json, shutil, sys
+import json, shutil
 
 import pytest
 from chalice.test import Client
 
 from nutrino_ml.export import ChaliceLocal, http_json
-from conftest import MODELS, copy_app
+from conftest import MODELS, load_app_module
 
 JSON = {"Content-Type": "application/json"}
 
 
 def load_app(app_dir):
-    """Import app.py of `app_dir` as a fresh module (each app dir has its own bundles)."""
-    spec = importlib.util.spec_from_file_location(f"app_{abs(hash(str(app_dir)))}", app_dir / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.app
+    return load_app_module(app_dir).app
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
 """Several production versions at once: traffic policies from the registry, through export, into the app."""
-import importlib.util, json, shutil
+import json, shutil
 
 import pytest
 from chalice.test import Client
 
-from conftest import BIN, run
+from conftest import BIN, load_app_module, run
 
 FORECAST = "glucose-forecast"
-
-
-def load_app_module(app_dir):
-    spec = importlib.util.spec_from_file_location(f"app_{abs(hash(str(app_dir)))}", app_dir / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
