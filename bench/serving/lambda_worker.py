@@ -1,0 +1,135 @@
+"""Warm per-request latency of the Lambda package, run INSIDE the unzipped `chalice package` output.
+
+Started by bench/serving/run.py as `python -I -S lambda_worker.py ROWS OUT N_WARM N_REQ` with cwd = the unzipped
+deployment.zip: no site-packages, only what the zip holds (as in Lambda). Standard library only besides the package.
+Prints the app's JSON log lines to stdout (a pipe read by the parent, like Lambda's stdout -> CloudWatch); writes
+its measurements as JSON to OUT.
+"""
+import cProfile, io, json, pstats, resource, sys, time
+
+sys.path.insert(0, ".")
+t0 = time.perf_counter()
+import app  # noqa: E402  the deployed module: Chalice app + ServedModels over chalicelib/models
+IMPORT_S = time.perf_counter() - t0
+
+from nutrino_ml import serving  # noqa: E402  the vendored copy the package carries
+
+rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+CASES = json.loads(open(rows_file).read())
+now = time.perf_counter_ns
+ROUNDS = 5
+
+
+def event(name, body):
+    """An API Gateway (REST, proxy) event for POST /models/{name}/predict, as tests/test_package.py builds it."""
+    return {"resource": "/models/{name}/predict", "path": f"/models/{name}/predict", "httpMethod": "POST",
+            "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": name},
+            "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
+            "body": body, "isBase64Encoded": False,
+            "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST",
+                               "path": f"/api/models/{name}/predict", "stage": "api", "requestId": "bench-request",
+                               "identity": {"sourceIp": "127.0.0.1"}}}
+
+
+def timed(fn, args_list, n):
+    """ns per call of fn(*args) over n calls, cycling through args_list."""
+    out, k = [], len(args_list)
+    for i in range(n):
+        a = args_list[i % k]
+        t = now(); fn(*a); out.append(now() - t)
+    return out
+
+
+def rss_mib():
+    "ru_maxrss of this process (MiB; started by spawn.py so it is its own)."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def vmhwm_mib():
+    "Peak RSS since exec (MiB), from /proc."
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
+
+LOG = app.models.log          # print_json_line: one JSON line per prediction on stdout
+def nolog(record): pass
+
+
+result = {"import_app_s": IMPORT_S, "rss_after_import_mib": rss_mib(), "vmhwm_after_import_mib": vmhwm_mib(), "serving_file": serving.__file__,
+          "python": sys.version, "flags": {"isolated": sys.flags.isolated, "no_site": sys.flags.no_site},
+          "site_loaded": "site" in sys.modules, "models": {}}
+
+for name, case in CASES.items():
+    bodies = [json.dumps({"rows": [r]}) for r in case["rows"]]
+    events = [(event(name, b), None) for b in bodies]
+    direct = [(name, b, None, "bench-request") for b in bodies]
+    app.models.log = LOG
+    t = now(); first = app.app(*events[0]); first_ns = now() - t   # loads the version (sha256 check, session)
+    assert first["statusCode"] == 200, first
+    # the answers for every row, checked against mlflow by the parent
+    answers = [json.loads(app.app(*e)["body"]) for e in events]
+    assert all(a["version"] == 1 for a in answers), answers[0]
+    preds = [a["predictions"][0] for a in answers]
+    timed(app.app, events, n_warm)
+    r = {"first_request_ns": first_ns, "predictions": preds, "n": n_req, "rounds": ROUNDS,
+         "samples_ns": {k: [] for k in ("handler_log", "handler_nolog", "direct_nolog", "direct_log")}}
+    # interleaved rounds, so a drift of the machine during the run does not favour one variant
+    per = -(-n_req // ROUNDS)
+    for _ in range(ROUNDS):
+        # (i) Lambda handler, logging on (the deployed configuration), then with app.models.log -> no-op
+        app.models.log = LOG
+        r["samples_ns"]["handler_log"] += timed(app.app, events, per)
+        app.models.log = nolog
+        r["samples_ns"]["handler_nolog"] += timed(app.app, events, per)
+        # (ii) ServedModels.predict directly (the object the handler uses), both ways
+        r["samples_ns"]["direct_nolog"] += timed(app.models.predict, direct, per)
+        app.models.log = LOG
+        r["samples_ns"]["direct_log"] += timed(app.models.predict, direct, per)
+    app.models.log = nolog
+    r["n"] = per * ROUNDS
+
+    # pieces of one request (logging off), to show where the time goes
+    m = app.models.resolve(name)
+    pred = app.models.predictor(m)
+    parsed = [(json.loads(b)["rows"],) for b in bodies]
+    cols = [(serving.validate_rows(p[0], m["inputs"]),) for p in parsed]
+    rec = serving._record("bench-request", name, 1, "production", False, time.perf_counter(), None, preds[:1])
+    pieces = {
+        "json.loads(body)": timed(json.loads, [(b,) for b in bodies], n_req),
+        "decode_json+parse_body": timed(lambda b: serving.parse_body(serving.decode_json(b)), [(b,) for b in bodies], n_req),
+        "policy()": timed(app.models.policy, [(name,)], n_req),
+        "route()": timed(app.models.route, [(name, None, None, "bench-request")], n_req),
+        "validate_rows": timed(lambda rows: serving.validate_rows(rows, m["inputs"]), parsed, n_req),
+        "predictor.predict": timed(pred.predict, cols, n_req),
+        "score() (validate+predict+float)": timed(lambda rows: app.models.score(m, rows, None), parsed, n_req),
+        "_record() (log dict, strftime)": timed(lambda: serving._record("bench-request", name, 1, "production", False,
+                                                                      time.perf_counter(), None, preds[:1]), [()], n_req),
+        "print_json_line (dumps+print+flush)": timed(LOG, [(rec,)], n_req),
+    }
+    if hasattr(pred, "session"):
+        import numpy as np
+        X = [(np.column_stack([c[0][n] for n in pred.names]).astype(np.float32),) for c in cols]
+        pieces["onnxruntime session.run only"] = timed(lambda x: pred.session.run(None, {pred.input_name: x}), X, n_req)
+    if hasattr(pred, "kernel"):
+        pieces["ForecastKernel.predict only"] = timed(
+            lambda c: pred.kernel.predict(c["user_id"], c["glucose_mgdl"], c["glucose_trend"]), cols, n_req)
+    r["pieces_ns"] = pieces
+    result["models"][name] = r
+
+result["rss_after_warm_mib"], result["vmhwm_after_warm_mib"] = rss_mib(), vmhwm_mib()
+
+# cProfile of the deployed configuration (logging on), per model: where a warm request spends its time
+app.models.log = LOG
+for name, case in CASES.items():
+    events = [(event(name, json.dumps({"rows": [r]})), None) for r in case["rows"]]
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(min(n_req, 2000)):
+        app.app(*events[i % len(events)])
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
+    result["models"][name]["cprofile_tottime"] = s.getvalue()
+    result["models"][name]["cprofile_calls"] = min(n_req, 2000)
+
+with open(out_file, "w") as f:
+    json.dump(result, f)

@@ -1,0 +1,50 @@
+"""A small process launcher, so that ru_maxrss of the processes it starts is their own.
+
+Linux carries a process's peak RSS across fork/vfork + exec: a child spawned by the benchmark (which holds pandas,
+~140 MiB) would report at least the benchmark's size as its ru_maxrss. This launcher runs on a bare interpreter
+(`python -I -S`, ~10 MiB), so what its children report is theirs (a floor of about this launcher's size remains,
+and every child also reports VmHWM, its post-exec peak, which has no floor).
+
+Protocol: one JSON request per line on stdin, one JSON answer per line on stdout.
+  request: {"args": [...], "cwd": str, "env": {...}, "stderr": path|null, "count": substring|null}
+  answer:  {"wall_s": seconds from spawn to the first stdout line starting with "ANSWER " (null if none),
+            "answer": that line's JSON payload, "total_s", "returncode", "maxrss_kib" (from wait4),
+            "counted": stdout lines containing `count`, "stdout_tail": last lines of stdout (without ANSWER)}
+Standard library only.
+"""
+import json, os, subprocess, sys, time
+
+for req in sys.stdin:
+    req = json.loads(req)
+    err = open(req["stderr"], "w") if req.get("stderr") else subprocess.DEVNULL
+    count, counted, tail, wall, answer = req.get("count"), 0, [], None, None
+    t0 = time.perf_counter()
+    p = subprocess.Popen(req["args"], cwd=req["cwd"], env=req["env"], stdout=subprocess.PIPE, stderr=err)
+    if count:   # a long-running worker: drain its stdout in large binary reads (like a log forwarder), counting as we go
+        fd, rest, needle = p.stdout.fileno(), b"", count.encode()   # (holding it all would grow this launcher)
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            *lines, rest = (rest + b).split(b"\n")
+            counted += sum(needle in l for l in lines)
+            tail = (tail + [l.decode(errors="replace") for l in lines[-5:]])[-5:]
+        if rest:
+            counted += needle in rest
+            tail = (tail + [rest.decode(errors="replace")])[-5:]
+    else:       # a cold start: time the first ANSWER line
+        for line in p.stdout:
+            line = line.decode(errors="replace")
+            if wall is None and line.startswith("ANSWER "):
+                wall = time.perf_counter() - t0
+                answer = json.loads(line[7:])
+                continue
+            tail = (tail + [line.rstrip("\n")])[-5:]
+    total = time.perf_counter() - t0
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stdout.close()
+    if err is not subprocess.DEVNULL:
+        err.close()
+    print(json.dumps({"wall_s": wall, "answer": answer, "total_s": total, "returncode": p.returncode,
+                      "maxrss_kib": ru.ru_maxrss, "counted": counted, "stdout_tail": tail}), flush=True)
