@@ -291,6 +291,7 @@ def _serve(self:ServedModels, name:str, rows:list, version=None, entity:str|None
     for v in p.get("shadow", []):
         if v == m["version"]: continue
         t1 = time.perf_counter()
+        # a shadow only observes: whatever goes wrong with it is logged and never fails the answer
         try: self.log(_record(request_id, name, v, "shadow", True, t1, entity, self.score(self.manifests[name][v], rows, sticky)))
         except Exception as e: self.log({**_record(request_id, name, v, "shadow", True, t1, entity, None), "error": str(e)})
     return answer
@@ -309,7 +310,7 @@ def _predict(self:ServedModels, name:str, body, version=None, request_id:str|Non
 
 def _ready(self:ServedModels, name:str|None=None, version=None) -> dict:
     "`{'model@version': problem or None}` after loading what would serve `name` (or every model) unpinned, or `version`."
-    out = {}
+    out = {} if name else {f"{d} (manifest)": problem for d, problem in self.broken.items()}
     for n in ([name] if name else sorted(self.manifests)):
         try:
             p = None if version not in (None, "") else self.policy(n)
