@@ -113,11 +113,13 @@ class ChaliceLocal:
 
     def __enter__(self):
         exe = Path(sys.executable).with_name("chalice")
+        # the app logs a JSON line per prediction: a file, not an undrained pipe that would fill up and block it
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="chalice-local-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([str(exe), "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(self.port), "--stage", self.stage],
-                                     cwd=self.app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     cwd=self.app_dir, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + self.timeout
         while time.time() < deadline:
-            if self.proc.poll() is not None: raise RuntimeError(f"chalice local exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
+            if self.proc.poll() is not None: raise RuntimeError(f"chalice local exited with {self.proc.returncode}:\n{Path(self.log.name).read_text()[-4000:]}")
             try:
                 if http_json("GET", f"{self.url}/ping", timeout=2)[0] == 200: return self
             except OSError: time.sleep(0.2)
@@ -127,6 +129,8 @@ class ChaliceLocal:
         self.proc.terminate()
         try: self.proc.wait(10)
         except subprocess.TimeoutExpired: self.proc.kill()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
 # %% ../nbs/08_export.ipynb #4a1a2438
 def smoke_app(app_dir:Path, port:int|None=None) -> list:
