@@ -25,10 +25,12 @@ help:
 	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
 	@echo "make bench  serving benchmarks vs MLflow (bench/README.md)"
 
-$(STAMP): pyproject.toml chalice_app/requirements.txt
+$(STAMP): pyproject.toml chalice_app/requirements.txt Makefile
 	@test -x $(BIN)/python || "$$(.ci/find-python312)" -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip==26.2.1
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# Ploomber's Jupyter server extension swaps the contents manager and makes JupyterLab's contents API answer 500
+	$(BIN)/jupyter server extension disable --sys-prefix ploomber >/dev/null 2>&1
 	$(BIN)/python -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) \
 	    --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
 	    --python-version 3.12 --implementation cp -r chalice_app/requirements.txt
@@ -61,8 +63,9 @@ test: lint-nbs nbs-test pytest
 bench: $(STAMP)
 	$(BIN)/python bench/serving/run.py
 
+# JupyterLab on the project, loopback only, with a token (printed in the URL)
 lab: $(STAMP)
-	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf data pipelines/products chalice_app/chalicelib/models chalice_app/vendor .test
