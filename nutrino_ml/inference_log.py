@@ -68,8 +68,6 @@ def read_inference_log(lake:Lake) -> pd.DataFrame:
     return lake.read_table("inference_log", INFERENCE_LOG)
 
 # %% ../nbs/10_inference_log.ipynb #9250d98e
-def _first_prediction(s:pd.Series) -> pd.Series: return s.map(lambda p: (json.loads(p) or [np.nan])[0] if p else np.nan)
-
 def compare_versions(log:pd.DataFrame) -> pd.DataFrame:
     "Per model, version and role: traffic, latency, mean prediction, and shadow-vs-served difference."
     log = log.assign(role=np.where(log.shadow == 1, "shadow", "served"), pred=log.predictions.map(lambda p: np.mean(json.loads(p)) if json.loads(p) else np.nan))

@@ -18,8 +18,8 @@ from .features import FEATURE_SETS, FeatureSet, training_rows
 from .serving import ForecastKernel
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_SUFFIX', 'make_response_pipeline', 'GlucoseForecaster', 'ModelSpec', 'model_spec', 'train_model',
-           'evaluate_model', 'trusted_types', 'save_model', 'load_model', 'describe_model']
+__all__ = ['MODELS', 'make_response_pipeline', 'GlucoseForecaster', 'ModelSpec', 'model_spec', 'train_model', 'evaluate_model',
+           'trusted_types', 'save_model', 'load_model', 'describe_model']
 
 # %% ../nbs/05_models.ipynb #afb958dd
 def make_response_pipeline(n_estimators:int=200, # boosting rounds
@@ -158,9 +158,6 @@ def load_model(path:Path):
     bad = [t for t in types if not t.startswith(_TRUSTED_PREFIXES)]
     if bad: raise ValueError(f"load_model: {path} holds types outside scikit-learn/numpy: {bad}; refusing to load it")
     return sio.load(path, trusted=types)
-
-# %% ../nbs/05_models.ipynb #96f9dc2d
-MODEL_SUFFIX = {"sklearn": ".skops", "forecaster": ".json"}
 
 # %% ../nbs/05_models.ipynb #1bc5ff71
 def describe_model(model, name:str) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 Everything runs against real components started here (Ploomber, MLflow on SQLite or as a server, chalice,
 a moto server on 127.0.0.1) and is stopped again; nothing leaves the machine.
 """
-import importlib.util, json, os, shutil, socket, subprocess, sys, time, urllib.request
+import importlib.util, json, os, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,13 +14,9 @@ TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISA
                  "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1"}
 os.environ.update(TELEMETRY_OFF)
+
+from nutrino_ml.export import free_port  # noqa: E402,F401  after the opt-outs: it imports mlflow; re-exported for the tests
 MODELS = ("glucose-response", "glucose-forecast")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url, proc, timeout=60):

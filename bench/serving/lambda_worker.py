@@ -5,9 +5,11 @@ deployment.zip: no site-packages, only what the zip holds (as in Lambda). Standa
 Prints the app's JSON log lines to stdout (a pipe read by the parent, like Lambda's stdout -> CloudWatch); writes
 its measurements as JSON to OUT.
 """
-import cProfile, io, json, pstats, resource, sys, time
+import os, cProfile, io, json, pstats, resource, sys, time
 
 sys.path.insert(0, ".")
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder off the path
+from common import api_event as event, timed  # noqa: E402
 t0 = time.perf_counter()
 import app  # noqa: E402  the deployed module: Chalice app + ServedModels over chalicelib/models
 IMPORT_S = time.perf_counter() - t0
@@ -18,26 +20,6 @@ rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]),
 CASES = json.loads(open(rows_file).read())
 now = time.perf_counter_ns
 ROUNDS = 5
-
-
-def event(name, body):
-    """An API Gateway (REST, proxy) event for POST /models/{name}/predict, as tests/test_package.py builds it."""
-    return {"resource": "/models/{name}/predict", "path": f"/models/{name}/predict", "httpMethod": "POST",
-            "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": name},
-            "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
-            "body": body, "isBase64Encoded": False,
-            "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST",
-                               "path": f"/api/models/{name}/predict", "stage": "api", "requestId": "bench-request",
-                               "identity": {"sourceIp": "127.0.0.1"}}}
-
-
-def timed(fn, args_list, n):
-    """ns per call of fn(*args) over n calls, cycling through args_list."""
-    out, k = [], len(args_list)
-    for i in range(n):
-        a = args_list[i % k]
-        t = now(); fn(*a); out.append(now() - t)
-    return out
 
 
 def rss_mib():

@@ -4,9 +4,11 @@ Started by bench/serving/run.py as `python pyfunc_worker.py ROWS OUT N_WARM N_RE
 the benchmark's sqlite store. The rows are the same feature-table rows the Lambda worker sends (by position in the
 features parquet); each request is one prebuilt 1-row DataFrame with the parquet's dtypes (building it is not timed).
 """
-import json, resource, sys, time
+import os, json, resource, sys, time
 
 t0 = time.perf_counter()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import timed  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import pandas as pd  # noqa: E402
 IMPORT_S = time.perf_counter() - t0
@@ -14,14 +16,6 @@ IMPORT_S = time.perf_counter() - t0
 rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 CASES = json.loads(open(rows_file).read())
 now = time.perf_counter_ns
-
-
-def timed(fn, args_list, n):
-    out, k = [], len(args_list)
-    for i in range(n):
-        a = args_list[i % k]
-        t = now(); fn(*a); out.append(now() - t)
-    return out
 
 
 result = {"import_mlflow_pyfunc_s": IMPORT_S, "mlflow_version": mlflow.__version__, "models": {}}

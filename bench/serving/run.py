@@ -22,6 +22,8 @@ import argparse, datetime, http.client, json, math, os, platform, re, shutil, si
 import sys, tempfile, time, urllib.request, zipfile
 from pathlib import Path
 
+from common import api_event
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -363,16 +365,6 @@ print("ANSWER " + json.dumps({"import_s": t1 - t0, "vmhwm_kib": VMHWM}), flush=T
 VARIANTS = {"lambda": ["-I", "-S", "-B"], "pyc": ["-I", "-S"]}
 
 
-def api_event(name, body):
-    return {"resource": "/models/{name}/predict", "path": f"/models/{name}/predict", "httpMethod": "POST",
-            "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": name},
-            "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
-            "body": body, "isBase64Encoded": False,
-            "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST",
-                               "path": f"/api/models/{name}/predict", "stage": "api", "requestId": "cold",
-                               "identity": {"sourceIp": "127.0.0.1"}}}
-
-
 def repeated(fn, runs):
     """`runs` measured runs after one discarded run (so every side starts with the files in the page cache)."""
     fn()
@@ -404,7 +396,7 @@ def cold_start(tmp: Path, cases: dict, cfg: dict, tracking_uri: str) -> dict:
     codes = {}
     for name, case in cases.items():
         row = next(r for r in case["rows"] if all(v is not None for v in r.values()))
-        codes[name] = (OURS_COLD.replace("EVENT", repr(api_event(name, json.dumps({"rows": [row]})))),
+        codes[name] = (OURS_COLD.replace("EVENT", repr(api_event(name, json.dumps({"rows": [row]}), "cold"))),
                        MLFLOW_COLD.replace("NAME", name).replace("ROW", repr(row)).replace("COLUMNS", repr(case["columns"])))
     lambda_side = {"(nothing: interpreter start)": "pass", "numpy": "import numpy", "onnxruntime": "import onnxruntime",
                    "chalice": "import chalice"}

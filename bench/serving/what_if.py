@@ -12,6 +12,8 @@ kept), timed next to the deployed handler on the same rows. Run inside an unzipp
 import json, os, sys, time
 
 sys.path.insert(0, ".")
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+from common import api_event as event  # noqa: E402
 import app  # noqa: E402
 import numpy as np  # noqa: E402
 from nutrino_ml import serving  # noqa: E402
@@ -28,16 +30,6 @@ def p50(fn, n=5000):
         t = now(); fn(); ts.append(now() - t)
     ts.sort()
     return round(ts[n // 2] / 1000, 1)
-
-
-def event(name, body):
-    return {"resource": "/models/{name}/predict", "path": f"/models/{name}/predict", "httpMethod": "POST",
-            "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": name},
-            "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
-            "body": body, "isBase64Encoded": False,
-            "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST",
-                               "path": f"/api/models/{name}/predict", "stage": "api", "requestId": "bench-request",
-                               "identity": {"sourceIp": "127.0.0.1"}}}
 
 
 models = app.models
