@@ -1,14 +1,18 @@
-"""nutrino_ml serving: the exported model versions behind one Lambda function (Chalice).
+"""nutrino_ml serving: the exported model versions behind one Lambda function (Chalice), and the Kinesis-triggered feature Lambda.
 
 Three ways in, one path through: the native JSON API, MLflow's scoring protocol and the Open Inference
 Protocol v2 all end in nutrino_ml.serving.ServedModels, which checks each version's input schema, routes by the
 model's traffic policy (weights, sticky key, pins, shadows), scores and logs one JSON line per prediction.
 Routes are adapters: they pass the request in and map library errors to 4xx/503 answers in each protocol's shape.
 
+A request may also carry just an entity key (`{"user_id": "u17", "meal": {...}}`): the rest of the row comes from the
+online feature store, which `features_from_stream` keeps current from the Kinesis stream of raw events.
+
 Bundles live in chalicelib/models (written by `nutrino-ml export`); the runtime modules come from
-vendor/nutrino_ml in the Lambda package and from the installed library under `chalice local`.
+vendor/nutrino_ml in the Lambda package and from the installed library under `chalice local`. Where the store, the
+stream and the dead letters are comes from the settings (NUTRINO_* variables, set per stage in .chalice/config.json).
 """
-import os
+import base64, json, os
 
 # Nothing phones home, whatever imports later.
 for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
@@ -18,13 +22,45 @@ for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
 from pathlib import Path
 
 from chalice import Chalice, IAMAuthorizer, Response
+from chalice.app import _matches_content_type
 
+from nutrino_ml.config import load_settings
 from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
 from nutrino_ml.serving import (InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
                                 check_size)
 
-app = Chalice(app_name="nutrino-serving")
-models = ServedModels(Path(__file__).parent / "chalicelib" / "models")
+SETTINGS = load_settings()
+REGION = os.environ.get("AWS_REGION") or SETTINGS.region  # in Lambda: the function's own region
+
+
+def open_online_store():
+    from nutrino_ml.online import open_store  # on first use: serving without online features never imports it
+    return open_store(SETTINGS.online_store, REGION, SETTINGS.aws_endpoint_url)
+
+
+
+class ServingApp(Chalice):
+    """Chalice, with the two native predict routes answered straight from the Lambda event.
+
+    For every request Chalice builds a Request, runs its middleware chain, a Response and header maps: about 60 µs,
+    more than a one-row prediction costs. `POST /models/{name}/predict` and `.../versions/{version}/predict` are
+    the hot path, so they skip that and call the same `models.predict` as the routes below, with the same answers:
+    body, status, `X-Model-Version`, error shapes, the 413 size check and base64 bodies. Anything else, including
+    a content type the route does not take (Chalice's 415), goes through Chalice. The routes stay declared below,
+    so deployment (API Gateway, auth per stage) and `chalice local` see them as before.
+    """
+    def __call__(self, event, context):
+        ctx = event.get("requestContext") if isinstance(event, dict) else None
+        if ctx and ctx.get("resourcePath") in FAST_ROUTES and ctx.get("httpMethod") == "POST":
+            answer = _fast_predict(event, ctx)
+            if answer is not None: return answer
+        return super().__call__(event, context)
+
+
+app = ServingApp(app_name="nutrino-serving")
+models = ServedModels(Path(__file__).parent / "chalicelib" / "models", store=open_online_store)
+FAST_ROUTES = {"/models/{name}/predict", "/models/{name}/versions/{version}/predict"}
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # what Chalice's Response.to_dict writes
 
 # Who may call the model routes is chosen per stage: .chalice/config.json sets API_AUTH, and Chalice sets a
 # stage's environment before it imports this module to deploy or package it. `prod` requires an API key
@@ -40,10 +76,17 @@ CODES = {400: ("BadRequestError", "BAD_REQUEST"), 404: ("NotFoundError", "RESOUR
          413: ("PayloadTooLargeError", "BAD_REQUEST"), 503: ("ServiceUnavailable", "TEMPORARILY_UNAVAILABLE")}
 
 
-def _error(status, message, shape):
-    body = {"native": {"Code": CODES[status][0], "Message": message},
+def _error_body(status, message, shape):
+    return {"native": {"Code": CODES[status][0], "Message": message},
             "mlflow": {"error_code": CODES[status][1], "message": message}, "oip": {"error": message}}[shape]
-    return Response(body, status_code=status)
+
+
+def _error(status, message, shape):
+    return Response(_error_body(status, message, shape), status_code=status)
+
+
+def _status(e):
+    return next(code for cls, code in STATUS if isinstance(e, cls))
 
 
 def _guard(shape, call):
@@ -52,7 +95,28 @@ def _guard(shape, call):
         check_size(app.current_request.raw_body)
         return call()
     except (InputError, ModelNotFound, ModelUnavailable) as e:
-        return _error(next(code for cls, code in STATUS if isinstance(e, cls)), str(e), shape)
+        return _error(_status(e), str(e), shape)
+
+
+def _fast_predict(event, ctx):
+    """The native predict routes on the raw API Gateway event; None hands the request to Chalice."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    content_type = headers.get("content-type", "application/json")
+    if content_type != "application/json" and not _matches_content_type(content_type, ["application/json"]):
+        return None
+    params, body = event.get("pathParameters") or {}, event.get("body")
+    try:
+        if body is not None:  # bytes, as Chalice's raw_body: the size limit counts bytes
+            body = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode() if isinstance(body, str) else body
+        check_size(body)
+        answer = models.predict(params["name"], body, params.get("version") or headers.get("x-model-version"), ctx.get("requestId"))
+    except (InputError, ModelNotFound, ModelUnavailable) as e:
+        return {"headers": {}, "multiValueHeaders": {}, "statusCode": _status(e), "body": _encode(_error_body(_status(e), str(e), "native"))}
+    except Exception:
+        app.log.exception("Caught exception for predict")
+        return {"headers": {}, "multiValueHeaders": {}, "statusCode": 500,
+                "body": _encode({"Code": "InternalServerError", "Message": "An internal server error occurred."})}
+    return {"headers": {"X-Model-Version": str(answer["version"])}, "multiValueHeaders": {}, "statusCode": 200, "body": _encode(answer)}
 
 
 def _pin(version=None):
@@ -150,3 +214,23 @@ def v2_infer(name):
 @app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"], **AUTH)
 def v2_infer_version(name, version):
     return _guard("oip", lambda: _reply(*oip_infer(models, name, app.current_request.raw_body, version, _request_id())))
+
+
+# --- the Kinesis-triggered feature extraction --------------------------------------------------------
+_stream = []
+
+
+def stream_processor():
+    """The StreamProcessor of this container: online store, dead letters, attempts from the settings."""
+    if not _stream:
+        from nutrino_ml.online import open_dead_letter
+        from nutrino_ml.stream import StreamProcessor
+        _stream.append(StreamProcessor(open_online_store(), open_dead_letter(SETTINGS.dead_letter, REGION, SETTINGS.aws_endpoint_url),
+                                       max_attempts=int(SETTINGS.stream_max_attempts)))
+    return _stream[0]
+
+
+@app.on_kinesis_record(stream=SETTINGS.stream_name, batch_size=100, starting_position="TRIM_HORIZON")
+def features_from_stream(event):
+    """Raw events -> each affected user's features in the online store; bad records come back as batchItemFailures."""
+    return stream_processor().process([(r.sequence_number, r.data) for r in event])

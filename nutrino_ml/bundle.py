@@ -11,7 +11,7 @@ from .models import model_spec
 from .serving import FORMATS, validate_rows
 
 # %% auto #0
-__all__ = ['BundleParityError', 'input_schema', 'json_rows', 'build_bundle']
+__all__ = ['BundleParityError', 'input_schema', 'json_rows', 'feature_set_ref', 'build_bundle']
 
 # %% ../nbs/06_bundle.ipynb #f64116bb
 class BundleParityError(RuntimeError):
@@ -39,6 +39,11 @@ def _write_state(model, X:pd.DataFrame, path:Path):
 _WRITERS = {"sklearn": ("onnx", "model.onnx", _write_onnx), "forecaster": ("forecaster-json", "state.json", _write_state)}
 
 # %% ../nbs/06_bundle.ipynb #6a5364e3
+def feature_set_ref(name:str) -> dict:
+    "What serving needs to fill model `name`'s inputs from the online store: its feature set, entity key and the fields clients send."
+    fs = model_spec(name).fset
+    return {"name": fs.name, "key": fs.key, "request": list(fs.request)}
+
 def build_bundle(model,              # a fitted model of kind sklearn or forecaster
                  name:str,           # its model name (MODELS)
                  rows:pd.DataFrame,  # feature rows to prove parity on (held-out rows)
@@ -55,9 +60,10 @@ def build_bundle(model,              # a fitted model of kind sklearn or forecas
     fmt, fname, write = _WRITERS[spec.kind]
     write(model, X, out/fname)
     meta = {"name": name, "format": fmt, "model_file": fname, "inputs": input_schema(name), "output": spec.fset.target,
-            "input_example": json_rows(X.dropna().head(n_example) if len(X.dropna()) else X.head(n_example))}
+            "input_example": json_rows(X.dropna().head(n_example) if len(X.dropna()) else X.head(n_example)),
+            "feature_set": feature_set_ref(name)}
     served = FORMATS[fmt](out, meta).predict(validate_rows(json_rows(X), meta["inputs"]))
-    diff = float(np.abs(served - np.asarray(model.predict(X), float)).max())
+    diff = float(np.abs(np.asarray(served) - np.asarray(model.predict(X), float)).max())
     if not diff <= tolerance:
         raise BundleParityError(f"{name}: the {fmt} bundle differs from the trained model by up to {diff:.3g} (> {tolerance}) on {len(X)} rows; not registering it")
     meta["parity"] = {"rows": len(X), "max_abs_diff": diff, "tolerance": tolerance}

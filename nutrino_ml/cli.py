@@ -10,7 +10,8 @@ from .config import disable_telemetry, load_settings
 
 # %% auto #0
 __all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route',
-           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'make_parser', 'main']
+           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_import_zeppelin',
+           'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -79,9 +80,26 @@ def cmd_export(s, a):
 
 def cmd_smoke(s, a):
     from nutrino_ml.export import smoke_app
-    for r in smoke_app(Path(s.app_dir), a.port):
-        print(f"POST /models/{r['model']}/predict -> {r['status']}\n  rows: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}")
+    for r in smoke_app(Path(s.app_dir), a.port, a.online):
+        print(f"POST /models/{r['model']}/predict -> {r['status']}\n  request: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}")
         if r["status"] != 200: raise RuntimeError(f"{r['model']}: the app answered {r['status']}")
+
+# %% ../nbs/09_cli.ipynb #8a86d834
+def cmd_stream_replay(s, a):
+    from nutrino_ml.export import load_app
+    from nutrino_ml.stream import as_records, events_from_frames, replay
+    lake = _lake(s)
+    events = events_from_frames({t: lake.read_table(t) for t in ("users", "meals", "glucose")})
+    profiles, timed = [e for e in events if e["type"] == "user"], [e for e in events if e["type"] != "user"]
+    timed = timed[-a.last:] if a.last else timed
+    app = load_app(Path(s.app_dir))
+    r = replay(app.features_from_stream, as_records(profiles + timed), a.batch_size)
+    print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
+          f"{s.app_dir}/app.py features_from_stream in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
+
+def cmd_import_zeppelin(s, a):
+    from nutrino_ml.zeppelin import import_zeppelin, summary_line
+    print(summary_line(import_zeppelin(Path(a.note), Path(a.to), overwrite=a.force)))
 
 # %% ../nbs/09_cli.ipynb #9e164f71
 def make_parser() -> argparse.ArgumentParser:
@@ -117,7 +135,16 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--live", default="production,canary", help="alias families that are served")
     ex.set_defaults(fn=cmd_export)
     sm = sub.add_parser("smoke", help="predict through chalice local over HTTP")
-    sm.add_argument("--port", type=int, default=None); sm.set_defaults(fn=cmd_smoke)
+    sm.add_argument("--port", type=int, default=None)
+    sm.add_argument("--online", default=None, metavar="ENTITY", help="also predict for this entity (e.g. u003) from the online store")
+    sm.set_defaults(fn=cmd_smoke)
+    st = sub.add_parser("stream", help="the Kinesis feature runtime").add_subparsers(dest="action", required=True)
+    rp = st.add_parser("replay", help="send the lake's events through the app's Kinesis handler into the online store")
+    rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")
+    rp.add_argument("--batch-size", type=int, default=100); rp.set_defaults(fn=cmd_stream_replay)
+    zp = sub.add_parser("import-zeppelin", help="turn a Zeppelin note (.zpln or 0.8 note.json) into a notebook")
+    zp.add_argument("note"); zp.add_argument("--to", required=True, help="the notebook to write, e.g. nbs/13_my_note.ipynb")
+    zp.add_argument("--force", action="store_true", help="overwrite an existing notebook"); zp.set_defaults(fn=cmd_import_zeppelin)
     return p
 
 # %% ../nbs/09_cli.ipynb #6f1d6c94

@@ -40,10 +40,15 @@ class Settings:
     app_dir: str                   # the Chalice app that serves them
     stream_name: str               # Kinesis stream of raw events
     online_store: str              # sqlite:///... or dynamodb://table
+    dead_letter: str               # where stream records that keep failing go: sqlite:///... or sqs://queue-name
+    stream_max_attempts: str       # deliveries of a failing record before it goes to dead_letter
+    spark_master: str              # local[*], yarn, spark://host:7077, ...
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
+    aws_endpoint_url: str          # '' for AWS itself; else where DynamoDB, Kinesis and SQS answer (a local moto server)
 
 _PATH_KEYS = ("datalake_root", "mlflow_artifact_location", "bundle_dir", "app_dir")
+_URI_KEYS = ("mlflow_tracking_uri", "online_store", "dead_letter")  # relative sqlite:/// made absolute
 _KEYS = tuple(f.name for f in fields(Settings) if f.name != "profile")
 
 # %% ../nbs/00_config.ipynb #46b3b9ea
@@ -51,7 +56,8 @@ EMBEDDED_DEFAULTS = dict(
     datalake_root="data/lake", mlflow_tracking_uri="sqlite:///data/mlflow/mlflow.db",
     mlflow_artifact_location="data/mlflow/artifacts", experiment_name="nutrino",
     bundle_dir="chalice_app/chalicelib/models", app_dir="chalice_app", stream_name="nutrino-events",
-    online_store="sqlite:///data/online_store.db", region="eu-west-1", s3_endpoint_url="")
+    online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3",
+    spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="")
 
 # %% ../nbs/00_config.ipynb #e0bc1a04
 def resolve_path(value:str, # a path, a URI, or ''
@@ -105,5 +111,5 @@ def load_settings(profile:str|None=None, # section of settings.ini; NUTRINO_PROF
     if not path and profile != "local": raise ValueError(f"settings: profile '{profile}' asked for but no settings.ini found; set NUTRINO_SETTINGS")
     values.update({k: environ[f"NUTRINO_{k.upper()}"] for k in _KEYS if f"NUTRINO_{k.upper()}" in environ})
     base = path.parent if path else Path.cwd()
-    values = {k: resolve_path(v, base) if k in _PATH_KEYS or k == "mlflow_tracking_uri" else v for k, v in values.items()}
+    values = {k: resolve_path(v, base) if k in _PATH_KEYS or k in _URI_KEYS else v for k, v in values.items()}
     return Settings(profile=profile, **values)

@@ -12,37 +12,10 @@ from pyarrow import fs as pafs
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['TABLES', 'Column', 'TableSpec', 'lake_filesystem', 'DatalakeError', 'validate_frame', 'Lake']
+__all__ = ['lake_filesystem', 'DatalakeError', 'validate_frame', 'Lake']
 
 # %% ../nbs/01_datalake.ipynb #41b66b38
-@dataclass(frozen=True)
-class Column:
-    "One column of a lake table."
-    name: str
-    kind: str             # string | int | float | timestamp
-    lo: float|None = None # smallest allowed value (numbers)
-    hi: float|None = None # largest allowed value (numbers)
-    nullable: bool = False
-
-@dataclass(frozen=True)
-class TableSpec:
-    "A lake table: its columns and the column that must be unique."
-    name: str
-    columns: tuple
-    key: str
-    @property
-    def names(self): return [c.name for c in self.columns]
-
-# %% ../nbs/01_datalake.ipynb #392434d6
-TABLES = {t.name: t for t in [
-    TableSpec("users", (Column("user_id", "string"), Column("age", "int", 10, 110), Column("sex", "string"),
-                        Column("weight_kg", "float", 30, 300), Column("height_cm", "float", 120, 230)), key="user_id"),
-    TableSpec("meals", (Column("event_id", "string"), Column("user_id", "string"), Column("ts", "timestamp"),
-                        Column("carbs_g", "float", 0, 500), Column("fibre_g", "float", 0, 150),
-                        Column("fat_g", "float", 0, 300), Column("protein_g", "float", 0, 300)), key="event_id"),
-    TableSpec("glucose", (Column("event_id", "string"), Column("user_id", "string"), Column("ts", "timestamp"),
-                          Column("glucose_mgdl", "float", 20, 600)), key="event_id"),
-]}
+from .tables import Column, TableSpec, TABLES
 
 # %% ../nbs/01_datalake.ipynb #36ab5f90
 def lake_filesystem(root:str,            # a folder, or s3://bucket/prefix

@@ -11,10 +11,11 @@ from mlflow.tracking import MlflowClient
 import nutrino_ml
 from . import serving
 from .registry import resolve_policy
+from .bundle import feature_set_ref
 
 # %% auto #0
 __all__ = ['RUNTIME_MODULES', 'is_live', 'served_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime', 'free_port',
-           'http_json', 'ChaliceLocal', 'smoke_app']
+           'http_json', 'ChaliceLocal', 'smoke_app', 'load_app']
 
 # %% ../nbs/08_export.ipynb #37dafb03
 def is_live(alias:str, live:tuple=("production", "canary")) -> bool:
@@ -49,6 +50,7 @@ def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Pa
     try: src = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="serving", dst_path=str(tmp), tracking_uri=tracking_uri))
     except Exception as e: raise RuntimeError(f"export: {name} version {version} (run {mv.run_id}) has no serving bundle in its artifacts ({e}); was it registered by the pipeline?") from e
     meta = json.loads((src/"bundle.json").read_text())
+    meta.setdefault("feature_set", feature_set_ref(name))  # versions registered before bundles named it
     (src/"bundle.json").unlink()
     shutil.move(str(src), dst)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,7 +81,8 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
     return manifests
 
 # %% ../nbs/08_export.ipynb #74ccfa95
-RUNTIME_MODULES = ("serving.py", "protocols.py")
+# what the Lambda package runs: serving, its protocols, and the streaming feature runtime (numpy + stdlib)
+RUNTIME_MODULES = ("serving.py", "protocols.py", "config.py", "tables.py", "features.py", "online.py", "stream.py")
 
 def copy_runtime(app_dir:Path) -> Path:
     "Copy the serving runtime of `nutrino_ml` into `<app_dir>/vendor/nutrino_ml/`; returns that folder."
@@ -107,7 +110,7 @@ def http_json(method:str, url:str, body=None, timeout:float=30) -> tuple:
 # %% ../nbs/08_export.ipynb #3e74a186
 class ChaliceLocal:
     "`chalice local --no-autoreload` for `app_dir` on a free loopback port, as a context manager."
-    def __init__(self, app_dir:Path, port:int|None=None, stage:str="dev", timeout:float=60):
+    def __init__(self, app_dir:Path, port:int|None=None, stage:str="local", timeout:float=60):
         self.app_dir, self.port, self.stage, self.timeout = Path(app_dir), port or free_port(), stage, timeout
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -133,14 +136,27 @@ class ChaliceLocal:
         Path(self.log.name).unlink(missing_ok=True)
 
 # %% ../nbs/08_export.ipynb #4a1a2438
-def smoke_app(app_dir:Path, port:int|None=None) -> list:
-    "Start the app with `chalice local`, predict each served model's input example over HTTP; returns the answers."
+def smoke_app(app_dir:Path, port:int|None=None, online:str|None=None) -> list:
+    "Start the app with `chalice local`, predict each served model's input example over HTTP (and for entity `online` from the online store); returns the answers."
     answers = []
     with ChaliceLocal(app_dir, port) as srv:
         status, served = http_json("GET", f"{srv.url}/models")
         if status != 200: raise RuntimeError(f"GET /models answered {status}: {served}")
         for m in served["models"]:
             if "production" not in (m["aliases"] or []): continue
-            status, body = http_json("POST", f"{srv.url}/models/{m['name']}/predict", {"rows": m["input_example"]})
-            answers.append({"model": m["name"], "status": status, "request": m["input_example"], "response": body})
+            bodies = [{"rows": m["input_example"]}]
+            if online and m.get("feature_set"):  # the entity key, and the fields a client sends (taken from the example)
+                fs = m["feature_set"]
+                bodies.append({fs["key"]: online, **({"request": {k: m["input_example"][0][k] for k in fs["request"]}} if fs["request"] else {})})
+            for b in bodies:
+                status, body = http_json("POST", f"{srv.url}/models/{m['name']}/predict", b)
+                answers.append({"model": m["name"], "status": status, "request": b, "response": body})
     return answers
+
+def load_app(app_dir:Path):
+    "Import `<app_dir>/app.py` (the Chalice app module) in this process."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nutrino_app", Path(app_dir)/"app.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -6,12 +6,14 @@
 from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
-import numpy as np, pandas as pd
+import zlib
+import numpy as np
 
 # %% auto #0
 __all__ = ['MEAL_RESPONSE', 'GLUCOSE_FORECAST', 'FEATURE_SETS', 'window_bounds', 'window_matrix', 'window_slope', 'Feature',
-           'FeatureSet', 'meal_response_for_user', 'glucose_forecast_for_user', 'build_features', 'conform',
-           'training_rows', 'time_split']
+           'FeatureSet', 'clean_events', 'hour_of_day', 'meal_response_for_user', 'meal_response_now', 'is_anchor',
+           'glucose_forecast_for_user', 'glucose_forecast_now', 'frame_columns', 'split_by', 'compute_entity',
+           'conform', 'build_features', 'training_rows', 'time_split']
 
 # %% ../nbs/03_features.ipynb #9c8f70ef
 def window_bounds(t:np.ndarray, # sorted reading times (minutes)
@@ -57,39 +59,66 @@ class FeatureSet:
     lookback_min: float      # minutes of history before an event it needs
     horizon_min: float       # minutes after an event it needs (targets)
     features: tuple          # the output columns, in order
-    fn: Callable             # fn(**{table: frame of one entity}) -> frame of `features`
+    fn: Callable             # fn(**{table: columns of one entity}) -> columns of `features`
+    now: Callable            # now(**{table: columns of one entity}) -> the feature row of that entity as of its newest event
+    request: tuple = ()      # inputs a client sends with a prediction; the others come from the online store
     @property
     def columns(self): return [f.name for f in self.features]
     @property
     def inputs(self): return [f for f in self.features if f.role == "input"]
     @property
     def target(self): return next(f.name for f in self.features if f.role == "target")
+    @property
+    def anchor(self): return self.tables[0]  # rows are anchored on this table's events
 
 # %% ../nbs/03_features.ipynb #097564c8
-def _minutes(ts:pd.Series) -> np.ndarray:
-    return ts.astype("datetime64[us, UTC]").astype("int64").to_numpy() / 60e6
+def _minutes(ts:np.ndarray) -> np.ndarray:
+    return ts.astype("datetime64[us]").astype(np.int64) / 60e6
 
-def _clean(df:pd.DataFrame) -> pd.DataFrame:
-    "Events sorted by time, one row per event id (late, repeated and out-of-order deliveries give the same result)."
-    return df.drop_duplicates("event_id", keep="last").sort_values(["ts", "event_id"], ignore_index=True)
+def _n(cols:dict) -> int: return len(next(iter(cols.values()))) if cols else 0
+
+def _take(cols:dict, idx) -> dict: return {k: np.asarray(v)[idx] for k, v in cols.items()}
+
+def clean_events(cols:dict) -> dict:
+    "Events sorted by `(ts, event_id)`, one per event id, the last delivered (late, repeated and out-of-order deliveries give the same result)."
+    ids = np.asarray(cols["event_id"], dtype=object)
+    if len(ids) == 0: return cols
+    _, first_of_reversed = np.unique(ids[::-1].astype(str), return_index=True)
+    sub = _take(cols, np.sort(len(ids) - 1 - first_of_reversed))
+    return _take(sub, np.lexsort((sub["event_id"].astype(str), sub["ts"].astype("datetime64[us]"))))
+
+def hour_of_day(ts:np.ndarray) -> np.ndarray:
+    "UTC hour plus minutes/60 (seconds ignored)."
+    m = ts.astype("datetime64[m]").astype(np.int64) % 1440
+    return m // 60 + (m % 60) / 60
 
 # %% ../nbs/03_features.ipynb #c037bf53
-def meal_response_for_user(meals:pd.DataFrame, glucose:pd.DataFrame, users:pd.DataFrame,
-                           before_min:float=30, after_min:float=120) -> pd.DataFrame:
+def meal_response_for_user(meals:dict, glucose:dict, users:dict, before_min:float=30, after_min:float=120) -> dict:
     "Meal-response features of one user's meals, from that user's glucose readings and profile."
-    m, g = _clean(meals), _clean(glucose)
-    tm, tg, y = _minutes(m.ts), _minutes(g.ts), g.glucose_mgdl.to_numpy(float)
+    m, g = clean_events(meals), clean_events(glucose)
+    tm, tg, y = _minutes(m["ts"]), _minutes(g["ts"]), np.asarray(g["glucose_mgdl"], float)
     blo, bhi = window_bounds(tg, tm - before_min, tm)
     alo, ahi = window_bounds(tg, tm, tm + after_min)
     before = _nanmean(window_matrix(y, blo, bhi))
     after = window_matrix(y, alo, ahi)
     peak = np.where((ahi - alo) >= after_min/5/2, np.nanmax(np.where(np.isnan(after), -np.inf, after), 1, initial=-np.inf), np.nan)
-    u = users.iloc[0] if len(users) else None
-    bmi = u.weight_kg / (u.height_cm/100)**2 if u is not None else np.nan
-    return pd.DataFrame({"event_id": m.event_id.astype("string"), "user_id": m.user_id.astype("string"), "ts": m.ts,
-        "carbs_g": m.carbs_g.astype(float), "fibre_g": m.fibre_g.astype(float), "fat_g": m.fat_g.astype(float),
-        "protein_g": m.protein_g.astype(float), "hour": m.ts.dt.hour + m.ts.dt.minute/60, "bmi": float(bmi),
-        "glucose_before": before, "glucose_trend": window_slope(tg, y, blo, bhi), "glucose_rise": peak - before})
+    # the profile as last delivered (the lake holds one row per user)
+    bmi = float(users["weight_kg"][-1]) / (float(users["height_cm"][-1])/100)**2 if _n(users) else np.nan
+    f = lambda c: np.asarray(m[c], float)
+    return {"event_id": m["event_id"], "user_id": m["user_id"], "ts": m["ts"].astype("datetime64[us]"),
+            "carbs_g": f("carbs_g"), "fibre_g": f("fibre_g"), "fat_g": f("fat_g"), "protein_g": f("protein_g"),
+            "hour": hour_of_day(m["ts"]), "bmi": np.full(len(tm), bmi), "glucose_before": before,
+            "glucose_trend": window_slope(tg, y, blo, bhi), "glucose_rise": peak - before}
+
+def meal_response_now(meals:dict, glucose:dict, users:dict) -> dict:
+    "The `meal_response` row of a meal eaten at the user's newest event: BMI and glucose before it (the meal itself comes with the request)."
+    ts = [np.asarray(c["ts"], "datetime64[us]").max() for c in (meals, glucose) if _n(c)]
+    if not ts: return None
+    user = (glucose if _n(glucose) else meals)["user_id"][-1]
+    nan = np.array([np.nan])
+    meal = {"event_id": np.array(["now"], object), "user_id": np.array([user], object), "ts": np.array([max(ts)]),
+            "carbs_g": nan, "fibre_g": nan, "fat_g": nan, "protein_g": nan}
+    return {k: v[0] for k, v in meal_response_for_user(meal, glucose, users).items()}
 
 # %% ../nbs/03_features.ipynb #0a9e38e0
 MEAL_RESPONSE = FeatureSet(
@@ -98,60 +127,98 @@ MEAL_RESPONSE = FeatureSet(
               *[Feature(c, "double") for c in ("carbs_g", "fibre_g", "fat_g", "protein_g", "hour", "bmi")],
               Feature("glucose_before", "double", nullable=True), Feature("glucose_trend", "double", nullable=True),
               Feature("glucose_rise", "double", "target", nullable=True)),
-    fn=meal_response_for_user)
+    fn=meal_response_for_user, now=meal_response_now, request=("carbs_g", "fibre_g", "fat_g", "protein_g", "hour"))
 
-# %% ../nbs/03_features.ipynb #33b4f41e
-def glucose_forecast_for_user(glucose:pd.DataFrame, horizon_min:float=30, trend_min:float=30,
-                              anchor_every:int=3) -> pd.DataFrame:
+# %% ../nbs/03_features.ipynb #a26b8237
+def is_anchor(event_ids, every:int) -> np.ndarray:
+    "About one event in `every`, by a stable hash (crc32) of its id."
+    return np.array([zlib.crc32(str(e).encode()) % every == 0 for e in event_ids], dtype=bool) if every > 1 else np.ones(len(event_ids), bool)
+
+def glucose_forecast_for_user(glucose:dict, horizon_min:float=30, trend_min:float=30, anchor_every:int=3) -> dict:
     "Forecast features of one user's glucose readings: value, trend, and the value `horizon_min` later."
-    g = _clean(glucose)
-    t, y = _minutes(g.ts), g.glucose_mgdl.to_numpy(float)
-    a = np.arange(0, len(g), anchor_every)
+    g = clean_events(glucose)
+    t, y = _minutes(g["ts"]), np.asarray(g["glucose_mgdl"], float)
+    a = np.flatnonzero(is_anchor(g["event_id"], anchor_every))
     lo, hi = window_bounds(t, t[a] - trend_min, t[a])
     j = np.minimum(np.searchsorted(t, t[a] + horizon_min - 2.5), max(len(t) - 1, 0))
     hit = (len(t) > 0) & (np.abs(t[j] - t[a] - horizon_min) <= 2.5) if len(a) else np.zeros(0, bool)
-    return pd.DataFrame({"event_id": g.event_id.iloc[a].astype("string").to_numpy(), "user_id": g.user_id.iloc[a].astype("string").to_numpy(),
-                         "ts": g.ts.iloc[a].to_numpy(), "glucose_mgdl": y[a], "glucose_trend": window_slope(t, y, lo, hi),
-                         "glucose_future": np.where(hit, y[j] if len(a) else np.nan, np.nan)})
+    return {"event_id": g["event_id"][a], "user_id": g["user_id"][a], "ts": g["ts"][a].astype("datetime64[us]"),
+            "glucose_mgdl": y[a], "glucose_trend": window_slope(t, y, lo, hi),
+            "glucose_future": np.where(hit, y[j] if len(a) else np.nan, np.nan)}
 
-# %% ../nbs/03_features.ipynb #a26b8237
+def glucose_forecast_now(glucose:dict) -> dict:
+    "The `glucose_forecast` row of the user's newest reading."
+    if not _n(glucose): return None
+    g = clean_events(glucose)
+    last = _take(g, slice(max(_n(g) - 200, 0), None))  # the trend needs 30 minutes; 200 readings is plenty
+    return {k: v[-1] for k, v in glucose_forecast_for_user(last, anchor_every=1).items()}
+
+# %% ../nbs/03_features.ipynb #c9e5d9d2
 GLUCOSE_FORECAST = FeatureSet(
-    "glucose_forecast", key="user_id", tables=("glucose",), lookback_min=30, horizon_min=30,
+    "glucose_forecast", key="user_id", tables=("glucose",), lookback_min=30, horizon_min=32.5,
     features=(Feature("event_id", "string", "id"), Feature("user_id", "string"), Feature("ts", "timestamp", "id"),
               Feature("glucose_mgdl", "double"), Feature("glucose_trend", "double", nullable=True),
               Feature("glucose_future", "double", "target", nullable=True)),
-    fn=glucose_forecast_for_user)
+    fn=glucose_forecast_for_user, now=glucose_forecast_now)
 
 FEATURE_SETS = {f.name: f for f in (MEAL_RESPONSE, GLUCOSE_FORECAST)}
 
 # %% ../nbs/03_features.ipynb #67aed47c
-def build_features(fset:FeatureSet, # what to compute
-                   tables:dict      # table name -> frame of the lake table (all entities)
-                  ) -> pd.DataFrame:
-    "Feature rows of every entity, computed with pandas, in the feature set's column order and types."
-    first, *rest = fset.tables
-    groups = {t: dict(iter(tables[t].groupby(fset.key, sort=False))) for t in rest}
-    empty = {t: tables[t].head(0) for t in rest}
-    out = [fset.fn(**{first: part}, **{t: groups[t].get(k, empty[t]) for t in rest})
-           for k, part in tables[first].groupby(fset.key, sort=True)]
-    df = pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=fset.columns)
-    return conform(df, fset)
+def frame_columns(df) -> dict:
+    "A pandas frame as columns: timestamps as naive UTC `datetime64[us]`, strings as objects, numbers as they are."
+    import pandas as pd
+    out = {}
+    for c in df.columns:
+        s = df[c]
+        if isinstance(s.dtype, pd.DatetimeTZDtype): out[c] = s.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
+        elif pd.api.types.is_datetime64_any_dtype(s.dtype): out[c] = s.to_numpy("datetime64[us]")
+        elif pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype): out[c] = s.to_numpy(float if s.hasnans else None)
+        else: out[c] = s.astype(object).where(s.notna(), None).to_numpy(object)
+    return out
+
+def split_by(cols:dict, key:str) -> dict:
+    "`{entity: columns of that entity}`, each entity's rows in their original order."
+    if not _n(cols): return {}
+    k = np.asarray(cols[key]).astype(str)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    cuts = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+    return {ks[i]: _take(cols, order[i:j]) for i, j in zip([0, *cuts], [*cuts, len(ks)])}
+
+def compute_entity(fset:FeatureSet, entity_tables:dict) -> dict:
+    "`fset.fn` over one entity's columns per table (missing tables are empty)."
+    return fset.fn(**{t: entity_tables.get(t, {}) for t in fset.tables})
 
 # %% ../nbs/03_features.ipynb #adf7ebf1
 _DTYPES = {"string": "string", "double": "float64", "timestamp": "datetime64[us, UTC]"}
 
-def conform(df:pd.DataFrame, fset:FeatureSet) -> pd.DataFrame:
-    "`df` with exactly the feature set's columns, in order, with their declared types."
+def conform(df, fset:FeatureSet):
+    "`df` with exactly the feature set's columns, in order, with their declared types (timestamps UTC)."
+    import pandas as pd
     missing = [c for c in fset.columns if c not in df.columns]
     if missing: raise ValueError(f"feature set '{fset.name}': the function returned no columns {missing}")
-    return df[fset.columns].astype({f.name: _DTYPES[f.dtype] for f in fset.features}).reset_index(drop=True)
+    df = df[fset.columns].copy()
+    for f in fset.features:
+        df[f.name] = pd.to_datetime(df[f.name], utc=True).astype(_DTYPES[f.dtype]) if f.dtype == "timestamp" else df[f.name].astype(_DTYPES[f.dtype])
+    return df.reset_index(drop=True)
+
+def build_features(fset:FeatureSet, # what to compute
+                   tables:dict      # table name -> frame of the lake table (all entities)
+                  ):
+    "Feature rows of every entity, computed with pandas, in the feature set's column order and types."
+    import pandas as pd
+    first, *rest = fset.tables
+    parts = {t: split_by(frame_columns(tables[t]), fset.key) for t in fset.tables}
+    out = [compute_entity(fset, {t: parts[t].get(k, {}) for t in fset.tables}) for k in sorted(parts[first])]
+    df = pd.concat([pd.DataFrame(o) for o in out], ignore_index=True) if out else pd.DataFrame(columns=fset.columns)
+    return conform(df, fset)
 
 # %% ../nbs/03_features.ipynb #6746afb0
-def training_rows(df:pd.DataFrame, fset:FeatureSet) -> pd.DataFrame:
+def training_rows(df, fset:FeatureSet):
     "Rows of `df` that have a target."
     return df[df[fset.target].notna()].reset_index(drop=True)
 
-def time_split(df:pd.DataFrame, test_fraction:float=0.25) -> tuple:
+def time_split(df, test_fraction:float=0.25) -> tuple:
     "`(train, test)`: the last `test_fraction` of rows by `ts` are the test set."
     if not 0 < test_fraction < 1: raise ValueError(f"time_split: test_fraction must be in (0, 1), got {test_fraction}")
     cut = df.ts.sort_values().iloc[int(len(df) * (1 - test_fraction))] if len(df) else None

@@ -4,15 +4,16 @@
 
 # %% ../nbs/04_serving.ipynb #f4d9d0b9
 from __future__ import annotations
-import hashlib, json, math, os, time
+import hashlib, json, math, os, sys, time
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'FORMATS', 'BUCKETS', 'InputError', 'ModelNotFound', 'ModelUnavailable',
-           'PayloadTooLarge', 'check_size', 'sha256_file', 'seal_bundle', 'verify_bundle', 'validate_rows',
-           'decode_json', 'parse_body', 'ForecastKernel', 'ForecasterPredictor', 'OnnxPredictor', 'bucket', 'choose',
-           'load_policy', 'print_json_line', 'entity_of', 'ServedModels']
+__all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'SMALL_BATCH', 'FORMATS', 'BUCKETS', 'InputError', 'ModelNotFound',
+           'ModelUnavailable', 'PayloadTooLarge', 'EntityNotFound', 'check_size', 'sha256_file', 'seal_bundle',
+           'verify_bundle', 'validate_rows', 'decode_json', 'parse_body', 'ForecastKernel', 'ForecasterPredictor',
+           'OnnxPredictor', 'bucket', 'choose', 'load_policy', 'print_json_line', 'utc_now', 'entity_of',
+           'ServedModels']
 
 # %% ../nbs/04_serving.ipynb #e7d25dec
 class InputError(ValueError):
@@ -27,6 +28,9 @@ class ModelUnavailable(RuntimeError):
 
 class PayloadTooLarge(InputError):
     "The request body is larger than serving accepts (HTTP 413)."
+
+class EntityNotFound(ModelNotFound):
+    "A request names an entity the online feature store has no features for."
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Lambda takes 6 MB synchronously; leave room for the envelope
 
@@ -78,8 +82,10 @@ def _field_value(row:dict, i:int, f:dict):
         raise InputError(f"row {i}: field '{name}' is required ({'a number' if f['type'] == 'double' else 'a string'})", name)
     if f["type"] == "double":
         if isinstance(v, bool) or not isinstance(v, (int, float)): raise InputError(f"row {i}: field '{name}' must be a number, got {_type_name(v)} ({v!r})", name)
-        if not math.isfinite(v): raise InputError(f"row {i}: field '{name}' must be a finite number, got {v!r}", name)
-        return float(v)
+        try: v = float(v)
+        except OverflowError: v = math.inf  # an integer too large for a double
+        if not math.isfinite(v): raise InputError(f"row {i}: field '{name}' must be a finite number, got {row.get(name)!r:.40}", name)
+        return v
     if not isinstance(v, str) or not v: raise InputError(f"row {i}: field '{name}' must be a non-empty string, got {_type_name(v)} ({v!r})", name)
     return v
 
@@ -88,17 +94,24 @@ def validate_rows(rows:list,    # JSON rows, one object per prediction
                   inputs:list,  # the version's input schema
                   max_rows:int=MAX_ROWS
                  ) -> dict:
-    "One numpy column per schema field (float64, or object for strings); raises `InputError` on the first problem."
+    "One list per schema field (floats, or strings); raises `InputError` on the first problem."
     if not isinstance(rows, list) or not rows: raise InputError(f"expected a non-empty list of rows, got {_type_name(rows) if not isinstance(rows, list) else 'an empty list'}")
     if len(rows) > max_rows: raise InputError(f"{len(rows)} rows in one request; send at most {max_rows}")
     names = [f["name"] for f in inputs]
     cols = {n: [] for n in names}
+    plan = [(f["name"], f["type"] == "double", cols[f["name"]].append, f) for f in inputs]
     for i, row in enumerate(rows):
-        if not isinstance(row, dict): raise InputError(f"row {i}: expected an object with fields {names}, got {_type_name(row)}")
-        extra = [k for k in row if k not in cols]
-        if extra: raise InputError(f"row {i}: unknown field '{extra[0]}'; this version takes {names}", extra[0])
-        for f in inputs: cols[f["name"]].append(_field_value(row, i, f))
-    return {f["name"]: np.array(cols[f["name"]], dtype=float if f["type"] == "double" else object) for f in inputs}
+        if type(row) is not dict: raise InputError(f"row {i}: expected an object with fields {names}, got {_type_name(row)}")
+        if len(row) > len(cols) or not row.keys() <= cols.keys():
+            extra = [k for k in row if k not in cols][0]
+            raise InputError(f"row {i}: unknown field '{extra}'; this version takes {names}", extra)
+        for name, double, add, f in plan:
+            v = row.get(name)
+            # the common cases inline: a finite float (v - v is NaN for inf and NaN) or a non-empty string
+            if double and type(v) is float and v - v == 0.0: add(v)
+            elif not double and type(v) is str and v: add(v)
+            else: add(_field_value(row, i, f))
+    return cols
 
 # %% ../nbs/04_serving.ipynb #88f0646d
 _SHAPE = 'send JSON {"rows": [{"field": value, ...}, ...]}'
@@ -136,13 +149,26 @@ class ForecastKernel:
         mu, s = self.baselines(user_ids), self.state
         return mu + s["phi"]*(np.asarray(glucose, float) - mu) + s["beta"]*np.nan_to_num(np.asarray(trend, float), nan=0.0)
 
+    def predict_list(self, user_ids:list, glucose:list, trend:list) -> list:
+        "`predict` for checked inputs in plain Python floats: the same float64 operations in the same order, so the same bits."
+        s, idx, base = self.state, self.index, self.state["baseline"]
+        g, phi, beta = s["global_baseline"], s["phi"], s["beta"]
+        out = []
+        for u, x, t in zip(user_ids, glucose, trend):
+            mu = base[idx[u]] if u in idx else g
+            out.append(mu + phi*(x - mu) + beta*(0.0 if t != t else t))
+        return out
+
 # %% ../nbs/04_serving.ipynb #aa782f33
+SMALL_BATCH = 64  # up to this many rows, pure Python beats building numpy arrays
+
 class ForecasterPredictor:
     "Serves a `forecaster-json` bundle."
     def __init__(self, bundle_dir:Path, manifest:dict):
         self.kernel = ForecastKernel(json.loads((Path(bundle_dir)/manifest["model_file"]).read_text()))
-    def predict(self, cols:dict) -> np.ndarray:
-        return self.kernel.predict(cols["user_id"], cols["glucose_mgdl"], cols["glucose_trend"])
+    def predict(self, cols:dict) -> list:
+        u, x, t = cols["user_id"], cols["glucose_mgdl"], cols["glucose_trend"]
+        return self.kernel.predict_list(u, x, t) if len(u) <= SMALL_BATCH else self.kernel.predict(u, x, t).tolist()
 
 # %% ../nbs/04_serving.ipynb #beae8797
 class OnnxPredictor:
@@ -153,9 +179,9 @@ class OnnxPredictor:
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(Path(bundle_dir)/manifest["model_file"]), opts, providers=["CPUExecutionProvider"])
         self.input_name, self.names = self.session.get_inputs()[0].name, [f["name"] for f in manifest["inputs"]]
-    def predict(self, cols:dict) -> np.ndarray:
-        X = np.column_stack([cols[n] for n in self.names]).astype(np.float32)
-        return self.session.run(None, {self.input_name: X})[0].ravel().astype(float)
+    def predict(self, cols:dict) -> list:
+        X = np.array([cols[n] for n in self.names], dtype=np.float32).T  # one conversion, straight to float32
+        return self.session.run(None, {self.input_name: X})[0].ravel().tolist()
 
 FORMATS = {"forecaster-json": ForecasterPredictor, "onnx": OnnxPredictor}
 
@@ -191,9 +217,19 @@ def _versions_text(versions:dict) -> str:
     al = {a: v for v, m in versions.items() for a in m.get("aliases", [])}
     return f"served versions: {sorted(versions)}, aliases: {al or 'none'}"
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every line, not one per json.dumps call
+
 def print_json_line(record:dict):
-    "Write `record` as one JSON line on stdout (CloudWatch Logs in Lambda)."
-    print(json.dumps(record, separators=(",", ":")), flush=True)
+    "Write `record` as one JSON line on stdout (CloudWatch Logs in Lambda), flushed, in one write."
+    sys.stdout.write(_encode(record) + "\n"); sys.stdout.flush()
+
+_second = [0, ""]
+
+def utc_now() -> str:
+    "The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`, formatted once per second."
+    t = int(time.time())
+    if t != _second[0]: _second[:] = t, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return _second[1]
 
 def entity_of(body, rows:list, key:str|None):
     "The value of the sticky `key` for a request: a top-level body field, else the first row's field."
@@ -205,17 +241,21 @@ def entity_of(body, rows:list, key:str|None):
 # %% ../nbs/04_serving.ipynb #f0052a5f
 class ServedModels:
     "The model versions exported under `root`, loaded on first use, routed by each model's traffic policy."
-    def __init__(self, root:Path, log=print_json_line):
+    def __init__(self, root:Path, log=print_json_line, store=None):
         self.root, self.log, self.manifests, self.broken, self._loaded, self._policies = Path(root), log, {}, {}, {}, {}
+        self._store = store  # an online feature store (`nutrino_ml.online`), or a function that opens it on first use
         for f in sorted(self.root.glob(f"*/*/{MANIFEST}")):
             try:
                 m = json.loads(f.read_text())
                 self.manifests.setdefault(m["name"], {})[int(m["version"])] = m
             except (ValueError, KeyError) as e: self.broken[f.parent.relative_to(self.root).as_posix()] = f"unreadable manifest ({e})"
+        # "3", 3 and every alias, to its manifest; an alias on two versions means the newer one
+        self._names = {n: {**{a: m for v, m in sorted(vs.items()) for a in m.get("aliases", [])}, **{str(v): m for v, m in vs.items()}, **vs}
+                       for n, vs in self.manifests.items()}
 
     def describe(self) -> list:
         "What is served: name, version, aliases, format, inputs, metrics and an input example per version."
-        keys = ("name", "version", "aliases", "format", "flavor", "inputs", "output", "metrics", "input_example", "run_id")
+        keys = ("name", "version", "aliases", "format", "flavor", "inputs", "output", "metrics", "input_example", "run_id", "feature_set")
         return [{k: m.get(k) for k in keys} for n in sorted(self.manifests) for v, m in sorted(self.manifests[n].items())]
 
     def policy(self, name:str) -> dict|None:
@@ -232,12 +272,14 @@ class ServedModels:
 
     def resolve(self, name:str, version:str|int|None=None) -> dict:
         "The manifest of `name` at `version` (a number or an alias; 'production' by default)."
-        self.versions(name)
-        versions, want = self.manifests[name], "production" if version is None else str(version)
-        if want.isdigit() and int(want) in versions: return versions[int(want)]
-        for v, m in sorted(versions.items(), reverse=True):
-            if want in m.get("aliases", []): return m
-        raise ModelNotFound(f"model '{name}' has no version or alias '{want}'; {_versions_text(versions)}")
+        names = self._names.get(name)
+        if names is None: self.versions(name)  # raises ModelNotFound naming the served models
+        m = names.get("production" if version is None else version)
+        if m is not None: return m
+        want = str(version).strip()
+        m = names.get(str(int(want)) if want.isdigit() else want)
+        if m is not None: return m
+        raise ModelNotFound(f"model '{name}' has no version or alias '{want}'; {_versions_text(self.manifests[name])}")
 
     def default(self, name:str) -> dict:
         "The version an unpinned request is parsed against: production, else the newest served version."
@@ -272,7 +314,7 @@ def _predictor(self:ServedModels, m:dict):
 def _score(self:ServedModels, m:dict, rows:list, drop:str|None=None) -> list:
     "Predictions of version `m` for JSON `rows` (without the field `drop` when it is not one of its inputs)."
     if drop and drop not in {f["name"] for f in m["inputs"]}: rows = [{k: v for k, v in r.items() if k != drop} if isinstance(r, dict) else r for r in rows]
-    return [float(p) for p in self.predictor(m).predict(validate_rows(rows, m["inputs"]))]
+    return self.predictor(m).predict(validate_rows(rows, m["inputs"]))
 
 ServedModels.predictor, ServedModels.score = _predictor, _score
 
@@ -297,16 +339,53 @@ def _serve(self:ServedModels, name:str, rows:list, version=None, entity:str|None
     return answer
 
 def _record(request_id, name, version, reason, shadow, t0, entity, preds) -> dict:
-    return {"event": "prediction", "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "request_id": request_id,
+    return {"event": "prediction", "ts": utc_now(), "request_id": request_id,
             "model": name, "version": version, "route": reason, "shadow": shadow,
             "latency_ms": round((time.perf_counter() - t0) * 1000, 3), "rows": None if preds is None else len(preds),
             "entity": entity, "predictions": preds}
 
 def _predict(self:ServedModels, name:str, body, version=None, request_id:str|None=None) -> dict:
-    "Predictions of `name` for a native request body: `{\"rows\": [...]}`, optionally with the sticky key's value beside the rows."
+    "Predictions of `name` for a native request body: `{\"rows\": [...]}` (optionally with the sticky key's value beside the rows), or an entity key whose features come from the online store."
     body, sticky = decode_json(body), (self.policy(name) or {}).get("sticky_key")
+    if isinstance(body, dict) and "rows" not in body and "row" not in body:
+        fs = self.schema_manifest(name, version).get("feature_set") or {}
+        if fs.get("key") in body: return self.predict_online(name, body, version, request_id)
     rows = parse_body({k: v for k, v in body.items() if k != sticky} if sticky and isinstance(body, dict) else body)
     return self.serve(name, rows, version, entity_of(body, rows, sticky), request_id)
+
+def _schema_manifest(self:ServedModels, name:str, version=None) -> dict:
+    return self.resolve(name, version) if version not in (None, "") else self.default(name)
+
+def _store_(self:ServedModels):
+    "The online feature store (opened on first use)."
+    if callable(self._store) and not hasattr(self._store, "now"): self._store = self._store()
+    if self._store is None: raise ModelUnavailable("this app has no online feature store configured (online_store setting); send the full rows")
+    return self._store
+
+def _predict_online(self:ServedModels, name:str, body:dict, version=None, request_id:str|None=None) -> dict:
+    "Predict for `{key: entity, ...request fields or an object of them}`: the entity's newest row from the online store, the request's fields over it."
+    fs = self.schema_manifest(name, version)["feature_set"]
+    entity = body[fs["key"]]
+    if not isinstance(entity, (str, int)) or isinstance(entity, bool) or entity == "": raise InputError(f"'{fs['key']}' must be a non-empty string", fs["key"])
+    entity = str(entity)
+    now = self.store().now(fs["name"], entity)
+    if now is None:
+        raise EntityNotFound(f"no online features for {fs['key']} '{entity}' (feature set '{fs['name']}'): the stream has not seen this {fs['key']} yet; "
+                             "send the full row as {\"rows\": [...]} instead")
+    given = {}
+    for k, v in body.items():
+        if k == fs["key"]: continue
+        if isinstance(v, dict): given.update(v)  # e.g. {"user_id": "u17", "meal": {"carbs_g": 60, ...}}
+        else: given[k] = v
+    inputs = {f["name"] for f in self.schema_manifest(name, version)["inputs"]}
+    row = {k: (None if isinstance(v, float) and v != v else v) for k, v in now.items() if k in inputs}
+    answer = self.serve(name, [{**row, **given}], version, entity, request_id)
+    as_of = now.get("ts")
+    answer["online"] = {"feature_set": fs["name"], fs["key"]: entity,
+                        "as_of": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(as_of / 1e6)) if isinstance(as_of, (int, float)) else as_of}
+    return answer
+
+ServedModels.schema_manifest, ServedModels.store, ServedModels.predict_online = _schema_manifest, _store_, _predict_online
 
 def _ready(self:ServedModels, name:str|None=None, version=None) -> dict:
     "`{'model@version': problem or None}` after loading what would serve `name` (or every model) unpinned, or `version`."

@@ -61,7 +61,8 @@ def local_env(tmp: Path) -> dict:
     return {"NUTRINO_PROFILE": "test", "NUTRINO_DATALAKE_ROOT": str(tmp / "lake"),
             "NUTRINO_MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow/mlflow.db",
             "NUTRINO_MLFLOW_ARTIFACT_LOCATION": str(tmp / "mlflow" / "artifacts"),
-            "NUTRINO_APP_DIR": str(tmp / "app"), "NUTRINO_BUNDLE_DIR": str(tmp / "app" / "chalicelib" / "models")}
+            "NUTRINO_APP_DIR": str(tmp / "app"), "NUTRINO_BUNDLE_DIR": str(tmp / "app" / "chalicelib" / "models"),
+            "NUTRINO_ONLINE_STORE": f"sqlite:///{tmp}/online_store.db", "NUTRINO_DEAD_LETTER": f"sqlite:///{tmp}/online_store.db"}
 
 
 def copy_app(dst: Path) -> Path:

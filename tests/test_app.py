@@ -109,3 +109,51 @@ def test_over_real_http_with_chalice_local(built, client):
         assert status == 400 and "field 'glucose_mgdl' must be a number" in body["Message"]
         status, body = http_json("POST", f"{srv.url}/models/nope/predict", {"rows": [{}]})
         assert status == 404 and "served models" in body["Message"]
+
+
+def rest_event(path, resource, params, body, headers=JSON, b64=False, method="POST"):
+    """An API Gateway REST proxy event as Lambda delivers it (headers keep the client's case)."""
+    return {"resource": resource, "path": path, "httpMethod": method, "headers": headers, "multiValueHeaders": {},
+            "pathParameters": params, "queryStringParameters": None, "multiValueQueryStringParameters": None,
+            "stageVariables": None, "body": body, "isBase64Encoded": b64,
+            "requestContext": {"resourcePath": resource, "httpMethod": method, "path": "/api" + path, "requestId": "req-1"}}
+
+
+def test_fast_predict_path_answers_exactly_as_chalice_does(built):
+    """ServingApp answers the native predict routes from the raw event; every answer must equal Chalice's own."""
+    import base64
+    from chalice import Chalice
+    app = load_app(built["app"])
+    one, pinned = "/models/{name}/predict", "/models/{name}/versions/{version}/predict"
+    rows = {n: [m["input_example"] for m in app_models(app) if m["name"] == n][0] for n in MODELS}
+    body = json.dumps({"rows": rows["glucose-response"]})
+    events = [rest_event(f"/models/{n}/predict", one, {"name": n}, json.dumps({"rows": rows[n]})) for n in MODELS] + [
+        rest_event("/models/glucose-response/versions/1/predict", pinned, {"name": "glucose-response", "version": "1"}, body),
+        rest_event("/models/glucose-response/versions/production/predict", pinned, {"name": "glucose-response", "version": "production"}, body),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "application/json; charset=utf-8", "X-Model-Version": "1"}),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, base64.b64encode(body.encode()).decode(), b64=True),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=None),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, None),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": true}]}'),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": 1' + "0" * 400 + "}]}"),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "{nope"),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" + "1," * (3 << 20) + "1]"),
+        rest_event("/models/nope/predict", one, {"name": "nope"}, body),
+        rest_event("/models/glucose-response/versions/9/predict", pinned, {"name": "glucose-response", "version": "9"}, body),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"X-Model-Version": "rollback"}),
+    ]
+    statuses = []
+    for ev in events:
+        app.current_request = None
+        fast = app(ev, None)
+        assert getattr(app, "current_request", None) is None  # answered before Chalice built a Request
+        assert fast == Chalice.__call__(app, ev, None), ev["path"]
+        statuses.append(fast["statusCode"])
+    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404]
+    # a content type the route does not take goes through Chalice: 415, as before
+    ev = rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "text/csv"})
+    assert app(ev, None)["statusCode"] == 415
+
+
+def app_models(app):
+    return json.loads(app(rest_event("/models", "/models", {}, None, method="GET"), None)["body"])["models"]

@@ -36,7 +36,9 @@ def package(built, tmp_path_factory):
     app = tmp / "app"
     shutil.copytree(built["app"], app, ignore=shutil.ignore_patterns("__pycache__", "deployments"))
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "AWS_DEFAULT_REGION": "eu-west-1"}
-    logs = {st: run([BIN / "chalice", "package", "--stage", st, tmp / f"out-{st}"], cwd=app, env=env).stdout for st in ("dev", "prod")}
+    # the merge template turns on Lambda's partial batch responses for the Kinesis event source (chalice has no option for it)
+    logs = {st: run([BIN / "chalice", "package", "--stage", st, "--merge-template", ".chalice/stream-events.json", tmp / f"out-{st}"],
+                    cwd=app, env=env).stdout for st in ("dev", "prod")}
     return {"out": tmp / "out-dev", "prod": tmp / "out-prod", "log": "\n".join(logs.values()), "tmp": tmp}
 
 
@@ -44,7 +46,8 @@ def test_every_dependency_was_fetched(package):
     # chalice exits 0 even when it could not install a dependency; it only says so
     assert "Could not install" not in package["log"] and "missing" not in package["log"].lower(), package["log"]
     names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
-    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "nutrino_ml/protocols.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
+    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "nutrino_ml/protocols.py", "nutrino_ml/stream.py", "nutrino_ml/features.py",
+                "nutrino_ml/online.py", "nutrino_ml/tables.py", "nutrino_ml/config.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
         assert top in names, top
     assert any(n.startswith("chalicelib/models/glucose-response/1/model.onnx") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber")]
@@ -63,9 +66,15 @@ def resources(out, kind):
 
 
 def test_sam_template_sets_the_lambda_runtime_per_stage(package):
-    for out, memory in ((package["out"], 1024), (package["prod"], 1769)):
-        fn = resources(out, "AWS::Serverless::Function")[0]
-        assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", memory, 30)
+    for out, memory, sfx in ((package["out"], 1024, "-dev"), (package["prod"], 1769, "")):
+        fns = resources(out, "AWS::Serverless::Function")
+        assert sorted(f["Handler"] for f in fns) == ["app.app", "app.features_from_stream"]
+        for fn in fns:
+            assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", memory, 30)
+            assert fn["Environment"]["Variables"]["NUTRINO_ONLINE_STORE"] == f"dynamodb://nutrino-features{sfx}"
+        stream = next(f for f in fns if f["Handler"] == "app.features_from_stream")["Events"]["FeaturesFromStreamKinesisEventSource"]["Properties"]
+        assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and stream["StartingPosition"] == "TRIM_HORIZON"
+        assert stream["Stream"]["Fn::Sub"].endswith(f":stream/nutrino-events{sfx}")
 
 
 def test_prod_requires_an_api_key_on_model_routes_and_dev_does_not(package):
@@ -84,7 +93,10 @@ def test_iam_policy_is_explicit_and_lists_only_what_the_app_uses(package):
         doc = role["Policies"][0]["PolicyDocument"]
         assert doc == json.loads((ROOT / "chalice_app" / ".chalice" / f"policy-{st}.json").read_text())
         actions = {a for stmt in doc["Statement"] for a in stmt["Action"]}
-        assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+        assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                           "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchWriteItem",
+                           "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards",
+                           "sqs:GetQueueUrl", "sqs:SendMessage"}
         assert all("*" not in stmt["Action"] and stmt["Resource"] != "*" for stmt in doc["Statement"])
 
 
@@ -112,4 +124,41 @@ def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
     assert [a["status"] for a in answers] == [200, 200, 400, 404]
     assert len(answers[0]["body"]["predictions"]) == len(examples["glucose-response"])
     assert "field 'user_id' must be a non-empty string" in answers[2]["body"]["Message"]
+    assert imported == []
+
+
+STREAM = r'''
+import json, sys
+sys.path.insert(0, ".")
+import app
+from nutrino_ml.stream import as_records, kinesis_event, replay
+events = json.loads(sys.argv[1])
+print(json.dumps(replay(app.features_from_stream, as_records(events) + [("9" * 56, b"{not json", "u1")], batch_size=50)))
+r = app.app({"resource": "/models/{name}/predict", "path": "/models/glucose-forecast/predict", "httpMethod": "POST",
+             "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": "glucose-forecast"},
+             "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
+             "body": json.dumps({"user_id": "u1"}), "isBase64Encoded": False,
+             "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST", "requestId": "r"}}, None)
+print(json.dumps({"status": r["statusCode"], "body": json.loads(r["body"])}))
+print(json.dumps(sorted(m for m in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "pyarrow", "fastcore") if m in sys.modules)))
+'''
+
+
+def test_unzipped_package_runs_the_kinesis_handler_on_a_bare_interpreter(package, tmp_path):
+    """The stream Lambda's code path (decode, store, recompute with the feature functions) needs no pandas either."""
+    d = package["tmp"] / "unzipped"
+    if not d.exists():
+        zipfile.ZipFile(package["out"] / "deployment.zip").extractall(d)
+    events = [{"type": "user", "user_id": "u1", "age": 40, "sex": "f", "weight_kg": 70.0, "height_cm": 170.0}]
+    events += [{"type": "glucose", "event_id": f"g{i}", "user_id": "u1", "ts": 1767254400000 + i * 300_000, "glucose_mgdl": 100.0 + i}
+               for i in range(30)]
+    env = {"PATH": "/usr/bin:/bin", "NUTRINO_ONLINE_STORE": f"sqlite:///{tmp_path}/online.db", "NUTRINO_DEAD_LETTER": f"sqlite:///{tmp_path}/online.db",
+           "NUTRINO_STREAM_MAX_ATTEMPTS": "2"}
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", STREAM, json.dumps(events)], cwd=d, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [json.loads(l) for l in p.stdout.strip().splitlines()]
+    replayed, answer, imported = [l for l in lines if "deliveries" in l][0], lines[-2], lines[-1]
+    assert replayed["records"] == 32 and replayed["redelivered"] >= 1  # the bad record came back once, then went to the dead letters
+    assert any(l.get("event") == "stream_dead_letter" for l in lines)
+    assert answer["status"] == 200 and answer["body"]["online"]["as_of"] == "2026-01-01T10:25:00Z", answer
     assert imported == []

@@ -15,6 +15,7 @@ import app  # noqa: E402  the deployed module: Chalice app + ServedModels over c
 IMPORT_S = time.perf_counter() - t0
 
 from nutrino_ml import serving  # noqa: E402  the vendored copy the package carries
+from chalice import Chalice  # noqa: E402  the runtime copy the package carries
 
 rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 CASES = json.loads(open(rows_file).read())
@@ -36,6 +37,11 @@ LOG = app.models.log          # print_json_line: one JSON line per prediction on
 def nolog(record): pass
 
 
+def chalice_dispatch(event, context):
+    "The route as Chalice alone would answer it: ServingApp's fast path skipped."
+    return Chalice.__call__(app.app, event, context)
+
+
 result = {"import_app_s": IMPORT_S, "rss_after_import_mib": rss_mib(), "vmhwm_after_import_mib": vmhwm_mib(), "serving_file": serving.__file__,
           "python": sys.version, "flags": {"isolated": sys.flags.isolated, "no_site": sys.flags.no_site},
           "site_loaded": "site" in sys.modules, "models": {}}
@@ -49,11 +55,12 @@ for name, case in CASES.items():
     assert first["statusCode"] == 200, first
     # the answers for every row, checked against mlflow by the parent
     answers = [json.loads(app.app(*e)["body"]) for e in events]
+    assert all(app.app(*e) == chalice_dispatch(*e) for e in events[:50]), "the fast path must answer as Chalice does"
     assert all(a["version"] == 1 for a in answers), answers[0]
     preds = [a["predictions"][0] for a in answers]
     timed(app.app, events, n_warm)
     r = {"first_request_ns": first_ns, "predictions": preds, "n": n_req, "rounds": ROUNDS,
-         "samples_ns": {k: [] for k in ("handler_log", "handler_nolog", "direct_nolog", "direct_log")}}
+         "samples_ns": {k: [] for k in ("handler_log", "handler_nolog", "direct_nolog", "direct_log", "chalice_log")}}
     # interleaved rounds, so a drift of the machine during the run does not favour one variant
     per = -(-n_req // ROUNDS)
     for _ in range(ROUNDS):
@@ -66,6 +73,8 @@ for name, case in CASES.items():
         r["samples_ns"]["direct_nolog"] += timed(app.models.predict, direct, per)
         app.models.log = LOG
         r["samples_ns"]["direct_log"] += timed(app.models.predict, direct, per)
+        # (iii) the same route through Chalice's own dispatch (Request, middleware, Response), without the fast path
+        r["samples_ns"]["chalice_log"] += timed(chalice_dispatch, events, per)
     app.models.log = nolog
     r["n"] = per * ROUNDS
 
@@ -82,18 +91,18 @@ for name, case in CASES.items():
         "route()": timed(app.models.route, [(name, None, None, "bench-request")], n_req),
         "validate_rows": timed(lambda rows: serving.validate_rows(rows, m["inputs"]), parsed, n_req),
         "predictor.predict": timed(pred.predict, cols, n_req),
-        "score() (validate+predict+float)": timed(lambda rows: app.models.score(m, rows, None), parsed, n_req),
+        "score() (validate+predict)": timed(lambda rows: app.models.score(m, rows, None), parsed, n_req),
         "_record() (log dict, strftime)": timed(lambda: serving._record("bench-request", name, 1, "production", False,
                                                                       time.perf_counter(), None, preds[:1]), [()], n_req),
-        "print_json_line (dumps+print+flush)": timed(LOG, [(rec,)], n_req),
+        "print_json_line (encode+write+flush)": timed(LOG, [(rec,)], n_req),
     }
     if hasattr(pred, "session"):
         import numpy as np
-        X = [(np.column_stack([c[0][n] for n in pred.names]).astype(np.float32),) for c in cols]
+        X = [(np.array([c[0][n] for n in pred.names], dtype=np.float32).T,) for c in cols]
         pieces["onnxruntime session.run only"] = timed(lambda x: pred.session.run(None, {pred.input_name: x}), X, n_req)
     if hasattr(pred, "kernel"):
-        pieces["ForecastKernel.predict only"] = timed(
-            lambda c: pred.kernel.predict(c["user_id"], c["glucose_mgdl"], c["glucose_trend"]), cols, n_req)
+        pieces["ForecastKernel.predict_list only"] = timed(
+            lambda c: pred.kernel.predict_list(c["user_id"], c["glucose_mgdl"], c["glucose_trend"]), cols, n_req)
     r["pieces_ns"] = pieces
     result["models"][name] = r
 

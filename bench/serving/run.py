@@ -504,13 +504,14 @@ def markdown(res: dict) -> str:
     missed = [t["id"] for t in res["targets"] if not t["met"]]
     L += ["", f"**Targets missed: {', '.join(missed)}.**" if missed else "All targets met.", ""]
     L += ["**Warm, in-process, 1 row per request** (µs, p50 / p99; same rows, same version 1):", "",
-          "| model | handler, logging on | handler, logging off | `ServedModels.predict`, logging on | `ServedModels.predict`, logging off | `mlflow.pyfunc` predict | pyfunc's wrapped model, no schema enforcement |",
-          "|---|---|---|---|---|---|---|"]
+          "| model | handler, logging on | handler, logging off | `ServedModels.predict`, logging on | `ServedModels.predict`, logging off | "
+          "same route through Chalice's own dispatch, logging on | `mlflow.pyfunc` predict | pyfunc's wrapped model, no schema enforcement |",
+          "|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
         s, p = w["lambda"]["models"][name]["summary"], w["pyfunc"]["models"][name]["summary"]
         raw = p.get("model_impl_predict (no schema enforcement)")
         L.append(f"| `{name}` | {us(s['handler_log'])} | {us(s['handler_nolog'])} | {us(s['direct_log'])} | {us(s['direct_nolog'])} | "
-                 f"{us(p['pyfunc_predict'])} | {us(raw) if raw else 'n/a'} |")
+                 f"{us(s['chalice_log']) if 'chalice_log' in s else 'n/a'} | {us(p['pyfunc_predict'])} | {us(raw) if raw else 'n/a'} |")
     L += ["", f"{w['lambda']['models'][MODELS[0]]['n']:,} requests per cell for ours, {w['pyfunc']['models'][MODELS[0]]['n']:,} for pyfunc, "
           f"after warm-up, cycling over {', '.join(str(res['rows'][n]['rows_used']) + ' `' + res['rows'][n]['table'] + '` rows' for n in MODELS)}; "
           f"answers equal pyfunc's within {max(w['max_abs_diff_vs_pyfunc'].values()):.1e} mg/dL. Peak RSS of the warm processes: "
@@ -523,7 +524,7 @@ def markdown(res: dict) -> str:
         L.append(f"| {k} | " + " | ".join(f"{w['lambda']['models'][n]['pieces_summary'][k]['p50_us']:.1f}"
                                            if k in w['lambda']['models'][n]['pieces_summary'] else "" for n in MODELS) + " |")
     S = {n: w["lambda"]["models"][n]["summary"] for n in MODELS}
-    L.append("| Chalice around it (handler − `ServedModels.predict`, p50s, logging off) | " + " | ".join(
+    L.append("| the handler around it: event → answer (handler − `ServedModels.predict`, p50s, logging off) | " + " | ".join(
         f"{S[n]['handler_nolog']['p50_us'] - S[n]['direct_nolog']['p50_us']:.1f}" for n in MODELS) + " |")
     L.append("| logging on − off (handler p50s) | " + " | ".join(
         f"{S[n]['handler_log']['p50_us'] - S[n]['handler_nolog']['p50_us']:.1f}" for n in MODELS) + " |")

@@ -1,0 +1,204 @@
+"""The Kinesis-triggered feature Lambda and the online store: parity with the pandas runtime, bad records, dead letters,
+redelivery, DynamoDB / SQS / Kinesis on a moto server, and predictions served from online features."""
+import json, shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from chalice.test import Client
+
+from conftest import MODELS, load_app_module
+from nutrino_ml.features import FEATURE_SETS, build_features
+from nutrino_ml.online import DynamoStore, SQLiteDeadLetter, SQLiteStore, SQSDeadLetter, open_dead_letter
+from nutrino_ml.simulate import simulate_lake
+from nutrino_ml.stream import MAX_RECORD_BYTES, as_records, event_records, events_from_frames, kinesis_event, replay
+
+LAKE = simulate_lake(users=3, days=2, seed=5)
+
+
+def messy(events, seed=0):
+    """The same events as Kinesis may deliver them: profiles first, then shuffled within ~20-event windows,
+    10% delivered twice (some much later), and 3% held back for one to three hours."""
+    rng = np.random.default_rng(seed)
+    users, timed = [e for e in events if e["type"] == "user"], [e for e in events if e["type"] != "user"]
+    order = np.argsort(np.arange(len(timed)) + rng.uniform(0, 20, len(timed)))
+    out = [timed[i] for i in order]
+    for i in rng.choice(len(out), len(out) // 30, replace=False):  # late: moved 12-36 events (1-3 hours of readings) on
+        out.insert(min(len(out), i + int(rng.integers(12, 36))), out.pop(i))
+    for i in sorted(rng.choice(len(out), len(out) // 10, replace=False), reverse=True):
+        out.insert(min(len(out), i + int(rng.integers(0, 200))), out[i])
+    return users + out
+
+
+def assert_same_rows(store_rows, batch, fs):
+    online = pd.DataFrame(store_rows).sort_values(["user_id", "ts", "event_id"], ignore_index=True)
+    batch = batch.sort_values(["user_id", "ts", "event_id"], ignore_index=True)
+    assert online.event_id.tolist() == batch.event_id.astype(str).tolist()
+    assert (pd.to_datetime(online.ts, unit="us", utc=True) == batch.ts).all()
+    num = [f.name for f in fs.features if f.dtype == "double"]
+    np.testing.assert_allclose(online[num].to_numpy(float), batch[num].to_numpy(float), rtol=0, atol=1e-9)  # NaN where batch has NaN
+
+
+@pytest.fixture()
+def app_env(tmp_path, monkeypatch):
+    """A copy of the app whose online store and dead letters are SQLite files in tmp_path."""
+    monkeypatch.setenv("NUTRINO_ONLINE_STORE", f"sqlite:///{tmp_path}/online.db")
+    monkeypatch.setenv("NUTRINO_DEAD_LETTER", f"sqlite:///{tmp_path}/online.db")
+    monkeypatch.setenv("NUTRINO_STREAM_MAX_ATTEMPTS", "3")
+    return tmp_path
+
+
+def stream_app(built, tmp_path):
+    app_dir = tmp_path / "app"
+    shutil.copytree(built["app"], app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    return load_app_module(app_dir)
+
+
+def test_the_lambda_runtime_gives_the_pandas_rows_on_late_duplicate_and_out_of_order_events(built, app_env):
+    app = stream_app(built, app_env)
+    events = messy(events_from_frames(LAKE))
+    r = replay(app.features_from_stream, as_records(events), batch_size=100)
+    assert r["records"] == len(events) and r["redelivered"] == 0
+    store = SQLiteStore(app_env / "online.db")
+    for name, fs in FEATURE_SETS.items():
+        assert_same_rows(store.rows(name), build_features(fs, LAKE), fs)
+    # each user's newest row is there for serving
+    for u in LAKE["users"].user_id:
+        assert store.now("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1]
+
+
+def test_bad_records_are_reported_the_good_ones_kept_and_repeat_failures_dead_lettered(built, app_env):
+    app = stream_app(built, app_env)
+    events = events_from_frames({t: LAKE[t][LAKE[t].user_id == "u000"] if "user_id" in LAKE[t] else LAKE[t] for t in LAKE})[:120]
+    good = as_records(events)
+    bad = [("b-json", b'{"type": "glucose", "event_id": ', "u000"),
+           ("b-big", json.dumps({"type": "glucose", "pad": "x" * MAX_RECORD_BYTES}).encode(), "u000"),
+           ("b-type", json.dumps({"type": "steps", "user_id": "u000", "n": 3}).encode(), "u000"),
+           ("b-range", json.dumps({**events[5], "event_id": "gx", "glucose_mgdl": 4000}).encode(), "u000")]
+    batch = good[:40] + bad[:2] + good[40:80] + bad[2:] + good[80:]
+    ids = lambda resp: [f["itemIdentifier"] for f in resp["batchItemFailures"]]  # noqa: E731
+    # one delivery: exactly the bad ones are reported; every good one is processed
+    assert ids(app.features_from_stream(kinesis_event(batch), None)) == ["b-json", "b-big", "b-type", "b-range"]
+    store = SQLiteStore(app_env / "online.db")
+    stored = {e["event_id"] for e in store.events("glucose", "u000")} | {e["event_id"] for e in store.events("meals", "u000")}
+    assert stored == {e["event_id"] for e in events if "event_id" in e}
+    rows = {n: store.rows(n, "u000") for n in FEATURE_SETS}
+    # Lambda retries from the lowest reported record: the good ones after it come again and change nothing
+    assert ids(app.features_from_stream(kinesis_event(batch[40:]), None)) == ["b-json", "b-big", "b-type", "b-range"]
+    assert {n: store.rows(n, "u000") for n in FEATURE_SETS} == rows
+    # the third failed delivery sends each bad record to the dead letters, with its reason, and it is no longer reported
+    assert ids(app.features_from_stream(kinesis_event(batch[40:]), None)) == []
+    dead = {d["record_id"]: d["reason"] for d in SQLiteDeadLetter(app_env / "online.db").list()}
+    assert set(dead) == {"b-json", "b-big", "b-type", "b-range"}
+    assert "not JSON" in dead["b-json"] and "at most 65536" in dead["b-big"] and "unknown event type 'steps'" in dead["b-type"]
+    assert "field 'glucose_mgdl' = 4000: outside [20, 600]" in dead["b-range"] and "(failed 3 deliveries)" in dead["b-range"]
+    assert {n: store.rows(n, "u000") for n in FEATURE_SETS} == rows  # nothing valid lost or changed
+
+
+def test_a_failing_store_reports_the_records_and_a_retry_completes_them(built, app_env):
+    app = stream_app(built, app_env)
+    events = events_from_frames({t: LAKE[t][LAKE[t].user_id == "u001"] for t in LAKE})[:60]
+    proc = app.stream_processor()
+    real = proc.store.put_rows
+    proc.store.put_rows = lambda *a: (_ for _ in ()).throw(OSError("disk I/O error"))  # the store, not our code, fails
+    resp = app.features_from_stream(kinesis_event(as_records(events)), None)
+    assert len(resp["batchItemFailures"]) == 60
+    proc.store.put_rows = real
+    assert app.features_from_stream(kinesis_event(as_records(events)), None) == {"batchItemFailures": []}
+    batch = build_features(FEATURE_SETS["glucose_forecast"], {"glucose": LAKE["glucose"][LAKE["glucose"].event_id.isin([e.get("event_id") for e in events])]})
+    assert_same_rows(proc.store.rows("glucose_forecast", "u001"), batch, FEATURE_SETS["glucose_forecast"])
+
+
+def test_serving_fills_a_request_from_online_features(built, app_env):
+    app = stream_app(built, app_env)
+    replay(app.features_from_stream, as_records(events_from_frames(LAKE)))
+    store = SQLiteStore(app_env / "online.db")
+    with Client(app.app) as c:
+        post = lambda path, body: c.http.post(path, headers={"Content-Type": "application/json"}, body=json.dumps(body))  # noqa: E731
+        now = store.now("glucose_forecast", "u002")
+        r = post("/models/glucose-forecast/predict", {"user_id": "u002"})
+        assert r.status_code == 200 and r.json_body["online"]["user_id"] == "u002"
+        full = post("/models/glucose-forecast/predict", {"rows": [{"user_id": "u002", "glucose_mgdl": now["glucose_mgdl"],
+                                                                   "glucose_trend": None if np.isnan(now["glucose_trend"]) else now["glucose_trend"]}]})
+        assert r.json_body["predictions"] == full.json_body["predictions"]
+        meal = {"carbs_g": 60.0, "fibre_g": 4.0, "fat_g": 12.0, "protein_g": 20.0, "hour": 8.5}
+        r = post("/models/glucose-response/predict", {"user_id": "u002", "meal": meal})
+        ctx = store.now("meal_response", "u002")
+        row = {**{k: ctx[k] for k in ("bmi", "glucose_before", "glucose_trend")}, **meal}
+        assert r.status_code == 200 and r.json_body["predictions"] == post("/models/glucose-response/predict", {"rows": [row]}).json_body["predictions"]
+        # a missing entity is a clear 404; a missing meal field a 400 naming it
+        r = post("/models/glucose-response/predict", {"user_id": "u999", "meal": meal})
+        assert r.status_code == 404 and "no online features for user_id 'u999'" in r.json_body["Message"]
+        r = post("/models/glucose-response/predict", {"user_id": "u002", "meal": {k: v for k, v in meal.items() if k != "carbs_g"}})
+        assert r.status_code == 400 and "field 'carbs_g' is required" in r.json_body["Message"]
+
+
+# --- AWS: DynamoDB, SQS and Kinesis on a moto server ----------------------------------------------------------
+def test_dynamodb_store_and_sqs_dead_letters_behave_like_sqlite(moto_server, tmp_path):
+    dyn = DynamoStore("features-store-test", "eu-west-1", moto_server, create=True)
+    lite = SQLiteStore(tmp_path / "s.db")
+    ev = [{"event_id": f"g{i}", "user_id": "u1", "ts": 1000 * i, "glucose_mgdl": 100.0 + i} for i in range(60)]
+    for st in (dyn, lite):
+        assert st.put_events("glucose", "u1", ev, "event_id") == 60 and st.put_events("glucose", "u1", ev[::3], "event_id") == 0
+        st.put_rows("fs", "u1", [{"event_id": f"g{i}", "ts": 1000 * i, "x": float(i)} for i in range(30)])
+        st.put_rows("fs", "u1", [{"event_id": "g3", "ts": 3000, "x": -1.0}])
+        st.put_now("fs", "u1", {"x": float("nan")})
+        assert [st.attempt("r1", "bad"), st.attempt("r1", "bad")] == [1, 2]
+    for q in (lambda s: s.events("glucose", "u1"), lambda s: s.events("glucose", "u1", 5000, 9000), lambda s: s.newest("glucose", "u1"),
+              lambda s: s.rows("fs", "u1"), lambda s: s.rows("fs"), lambda s: s.now("fs", "nobody")):
+        assert q(dyn) == q(lite)
+    assert np.isnan(dyn.now("fs", "u1")["x"])
+    assert dyn.prune("glucose", "u1", 30_000) == lite.prune("glucose", "u1", 30_000) == 30
+    assert dyn.events("glucose", "u1") == lite.events("glucose", "u1")
+    sqs = SQSDeadLetter("dead-test", "eu-west-1", moto_server, create=True)
+    sqs.send("r1", "kinesis", "not JSON", "e30=")
+    assert [(d["record_id"], d["reason"]) for d in open_dead_letter("sqs://dead-test", "eu-west-1", moto_server).list()] == [("r1", "not JSON")]
+
+
+def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, monkeypatch):
+    """Records put on a (moto) Kinesis stream, read back with GetRecords, delivered to the app's handler in Lambda's event shape,
+    redelivered from the lowest failed sequence number as Lambda does; features land in DynamoDB, dead letters in SQS."""
+    from nutrino_ml.online import aws_client
+    kin = aws_client("kinesis", "eu-west-1", moto_server)
+    kin.create_stream(StreamName="events-e2e", ShardCount=1)
+    kin.get_waiter("stream_exists").wait(StreamName="events-e2e")
+    DynamoStore("features-e2e", "eu-west-1", moto_server, create=True)
+    SQSDeadLetter("dead-e2e", "eu-west-1", moto_server, create=True)
+    for k, v in {"ONLINE_STORE": "dynamodb://features-e2e", "DEAD_LETTER": "sqs://dead-e2e", "AWS_ENDPOINT_URL": moto_server,
+                 "STREAM_NAME": "events-e2e", "STREAM_MAX_ATTEMPTS": "2", "REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(f"NUTRINO_{k}", v)
+    app = stream_app(built, tmp_path)
+    lake = {t: LAKE[t][LAKE[t].user_id == "u001"] for t in LAKE}
+    events = messy(events_from_frames(lake), seed=3)[:250]
+    payloads = [json.dumps(e, default=str).encode() for e in events]
+    payloads.insert(17, b"not json at all")
+    for i in range(0, len(payloads), 100):
+        kin.put_records(StreamName="events-e2e", Records=[{"Data": d, "PartitionKey": "u001"} for d in payloads[i:i + 100]])
+    shard = kin.list_shards(StreamName="events-e2e")["Shards"][0]["ShardId"]
+    arn = kin.describe_stream_summary(StreamName="events-e2e")["StreamDescriptionSummary"]["StreamARN"]
+    # the event source mapping: read a batch, invoke, on a partial failure read again from the lowest failed sequence number
+    position, invocations, done = {"ShardIteratorType": "TRIM_HORIZON"}, 0, 0
+    while True:
+        it = kin.get_shard_iterator(StreamName="events-e2e", ShardId=shard, **position)["ShardIterator"]
+        recs = kin.get_records(ShardIterator=it, Limit=60)["Records"]
+        if not recs:
+            break
+        batch = [(r["SequenceNumber"], r["Data"], r["PartitionKey"]) for r in recs]
+        event = kinesis_event(batch, arn)
+        assert [d for _, d in event_records(event)] == [d for _, d, _ in batch]
+        failed = [f["itemIdentifier"] for f in app.features_from_stream(event, None)["batchItemFailures"]]
+        invocations += 1
+        seq = min(failed, key=int) if failed else batch[-1][0]
+        position = {"ShardIteratorType": "AT_SEQUENCE_NUMBER" if failed else "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": seq}
+        done += 0 if failed else len(batch)
+        assert invocations < 20
+    store = DynamoStore("features-e2e", "eu-west-1", moto_server)
+    clean = {t: lake[t][lake[t].event_id.isin([e.get("event_id") for e in events])] if "event_id" in lake[t] else lake[t] for t in lake}
+    for name, fs in FEATURE_SETS.items():
+        assert_same_rows(store.rows(name, "u001"), build_features(fs, clean), fs)
+    dead = SQSDeadLetter("dead-e2e", "eu-west-1", moto_server).list()
+    assert len(dead) == 1 and "not JSON" in dead[0]["reason"]
+    with Client(app.app) as c:
+        r = c.http.post("/models/glucose-forecast/predict", headers={"Content-Type": "application/json"}, body=json.dumps({"user_id": "u001"}))
+        assert r.status_code == 200 and r.json_body["online"]["feature_set"] == "glucose_forecast"
+    assert set(MODELS) == {m["name"] for m in json.loads(Client(app.app).http.get("/models").body)["models"]}

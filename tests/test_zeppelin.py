@@ -1,0 +1,268 @@
+"""The Zeppelin importer on real notes from apache/zeppelin (both layouts) and on small notes built for the edge cases."""
+import ast, json
+from pathlib import Path
+
+import nbformat
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nutrino_ml.zeppelin import ZeppelinError, import_zeppelin, note_to_notebook, parse_note, py_string, read_note, summary_line
+
+DATA = Path(__file__).parent / "data" / "zeppelin"
+OLD = DATA / "matplotlib-python-pyspark_0.8_note.json"
+SQL = DATA / "3. Spark SQL (PySpark)_2EWM84JXA.zpln"
+IPY = DATA / "1. IPython Basic_2EYDJKFFY.zpln"
+SPARK_CELL = "from pyspark.sql import SparkSession"
+
+
+def raw(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def convert(path, tmp_path):
+    """Import `path` into a fresh file; return (summary, notebook as read back from disk, the raw note)."""
+    dst = tmp_path / (path.stem[:20].replace(" ", "_") + ".ipynb")
+    summary = import_zeppelin(path, dst)
+    nb = nbformat.read(dst, as_version=4)
+    nbformat.validate(nb)
+    return summary, nb, raw(path)
+
+
+def sources(nb, kind=None):
+    return [c.source for c in nb.cells if kind is None or c.cell_type == kind]
+
+
+def sql_query(src):
+    """The query of a generated `spark.sql(<literal>).show()` cell, as Python evaluates it."""
+    call = ast.parse(src).body[0].value  # .show()
+    inner = call.func.value  # spark.sql(...)
+    assert (call.func.attr, inner.func.value.id, inner.func.attr) == ("show", "spark", "sql")
+    return ast.literal_eval(inner.args[0])
+
+
+def assert_common(nb, note):
+    """What every imported note has: a title cell with skip_exec front matter, no outputs, no interpreter lines."""
+    head = nb.cells[0]
+    assert head.cell_type == "markdown" and head.source.startswith("# ") and head.source.rstrip().endswith("- skip_exec: true")
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert c.outputs == [] and c.execution_count is None
+    interpreter_lines = {t.split("\n", 1)[0].strip() for p in note["paragraphs"] if (t := p.get("text") or "").startswith("%")}
+    first_lines = {c.source.split("\n", 1)[0].strip() for c in nb.cells}
+    assert not interpreter_lines & first_lines, interpreter_lines & first_lines
+    assert len({c.id for c in nb.cells}) == len(nb.cells)
+
+
+def test_08_note_json(tmp_path):
+    s, nb, note = convert(OLD, tmp_path)
+    assert (s["layout"], s["paragraphs"]) == ("0.8", {"code": 13, "sql": 0, "markdown": 5, "unconverted": 0, "empty": 1})
+    assert (s["unconverted"], s["spark_session"], s["cells"]) == ([], True, 30)
+    assert_common(nb, note)
+    assert nb.cells[0].source.splitlines()[0] == "# Matplotlib (Python • PySpark)"  # the name without its folder
+    assert SPARK_CELL in nb.cells[1].source
+    assert nb.cells[2].source.startswith("## Introduction\nIn this tutorial")
+    assert nb.cells[3].source == "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])"
+    # every titled paragraph is shown in Zeppelin: its heading comes right before its code
+    code = sources(nb)
+    for title, src in [("First line", "plt.close() # Added here"), ("Second line", "plt.plot([3, 2, 1], label=r'$y=3-x$')"),
+                       ("First line (figure will be displayed here)", "import matplotlib.pyplot as plt\nplt.close()")]:
+        i = code.index(f"## {title}")
+        assert code[i + 1].startswith(src)
+    assert code.count("## Add title") == 2
+    assert sum(c.cell_type == "code" for c in nb.cells) == 1 + 13
+
+
+def test_09_spark_sql_note(tmp_path):
+    s, nb, note = convert(SQL, tmp_path)
+    assert (s["name"], s["layout"]) == ("3. Spark SQL (PySpark)", "0.9")
+    assert s["paragraphs"] == {"code": 13, "sql": 2, "markdown": 4, "unconverted": 1, "empty": 1}
+    assert (s["unconverted"], s["spark_session"], s["cells"]) == (["spark.conf"], True, 37)
+    assert_common(nb, note)
+    assert SPARK_CELL in nb.cells[1].source
+    src = sources(nb)
+    # %spark.sql → spark.sql with the exact query, after its title
+    sql = [x for x in src if x.startswith("spark.sql(")]
+    assert [sql_query(x) for x in sql] == ["show tables", "select country, count(1) as count from people group by country"]
+    assert src[src.index(sql[0]) - 1] == "## Show Tables"
+    # %spark.conf → every line commented, under a line naming the interpreter; its title kept
+    conf = next(x for x in sources(nb, "code") if "%spark.conf" in x)
+    assert conf.splitlines()[0] == "# Zeppelin %spark.conf paragraph: not converted, kept as comments"
+    assert ast.parse(conf).body == [] and all(line.startswith("#") for line in conf.splitlines())
+    assert "# # master yarn-cluster" in conf.splitlines()
+    assert src[src.index(conf) - 1] == "## Spark Configuration"
+    # %spark.pyspark → the script as Zeppelin ran it (trimmed), after its title
+    script = note["paragraphs"][14]["text"].split("\n", 1)[1].strip()
+    assert src[src.index("## Use SQL directly") + 1] == script
+    # titles shown in Zeppelin are kept, hidden ones ('Prerequisites', 'Visualize DataFrame/Dataset') are not
+    titles = [x.splitlines()[0] for x in src if x.startswith("## ")]
+    assert "## Introduction" in titles and "## Visualize DataFrame/Dataset via z.show" in titles
+    assert "## Prerequisites" not in titles and "## Visualize DataFrame/Dataset" not in titles
+    assert len(titles) == 17
+    assert summary_line(s).endswith(": 37 cells from 21 paragraphs: 13 code, 2 SQL, 4 markdown, 1 not converted (spark.conf), 1 empty dropped")
+
+
+def test_09_ipython_note(tmp_path):
+    s, nb, note = convert(IPY, tmp_path)
+    assert s["paragraphs"] == {"code": 5, "sql": 0, "markdown": 8, "unconverted": 0, "empty": 1}
+    assert (s["spark_session"], s["cells"]) == (False, 16)
+    assert_common(nb, note)
+    assert not any(SPARK_CELL in x for x in sources(nb))
+    code = sources(nb, "code")
+    assert code == ["import sys\n\nsys?", "import sys\n\nhelp(sys)", "%timeit range(1000)", "z.input(name='my_name', defaultValue='hello')",
+                    "import pandas as pd\ndf = pd.DataFrame({'name':['a','b','c'], 'count':[12,24,18]})\nz.show(df)"]
+    assert sources(nb, "markdown")[1].startswith("## Introduction\n\nIPython is more powerful")
+
+
+def test_layouts_read_the_same_way(tmp_path):
+    for path, layout, default in [(OLD, "0.8", "python"), (SQL, "0.9", "spark"), (IPY, "0.9", "spark")]:
+        note = read_note(path)
+        assert (note["layout"], note["default_interpreter"]) == (layout, default)
+        assert [p["index"] for p in note["paragraphs"]] == list(range(len(raw(path)["paragraphs"])))
+        assert note_to_notebook(note) == note_to_notebook(raw(path))  # a raw note converts the same way
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    dst = tmp_path / "nb.ipynb"
+    dst.write_text("keep me")
+    with pytest.raises(ZeppelinError, match="nb.ipynb exists; pass overwrite=True"):
+        import_zeppelin(IPY, dst)
+    assert dst.read_text() == "keep me"
+    assert import_zeppelin(IPY, dst, overwrite=True)["cells"] == 16
+    nbformat.validate(nbformat.read(dst, as_version=4))
+    with pytest.raises(ZeppelinError, match="must end in .ipynb"):
+        import_zeppelin(IPY, tmp_path / "nb.py")
+    with pytest.raises(ZeppelinError, match="does not exist"):
+        import_zeppelin(IPY, tmp_path / "no" / "nb.ipynb")
+
+
+def test_nbdev_test_skips_an_imported_notebook(tmp_path):
+    from nbdev.test import test_nb
+    note = {"name": "Would fail", "paragraphs": [{"text": "%python\nraise RuntimeError('executed')"}]}
+    dst = tmp_path / "imported.ipynb"
+    nbformat.write(note_to_notebook(note), dst)
+    assert test_nb(dst) == (True, 0)
+
+
+# ---- small notes for the edge cases ----
+
+def one(text, **note):
+    """The cells (after the title cell) of a note with a single paragraph `text`."""
+    nb = note_to_notebook(parse_note({"name": "t", "paragraphs": [{"id": "p0", "text": text}], **note}))
+    nbformat.validate(nb)
+    return [c for c in nb.cells[1:] if SPARK_CELL not in c.source]
+
+
+@pytest.mark.parametrize("note, kind, source", [
+    ({}, "code", "x = 1"),  # 0.8: no default recorded → python
+    ({"defaultInterpreterGroup": "python"}, "code", "x = 1"),
+    ({"defaultInterpreterGroup": "md"}, "markdown", "x = 1"),
+    ({"defaultInterpreterGroup": "spark"}, "code", "# Zeppelin %spark paragraph (the note's default interpreter): not converted, kept as comments\n# x = 1"),
+])
+def test_no_interpreter_line_uses_the_default(note, kind, source):
+    [c] = one("\n  x = 1\n", **note)
+    assert (c.cell_type, c.source) == (kind, source)
+
+
+@pytest.mark.parametrize("intp", ["sh", "angular", "spark", "jdbc", "flink.ssql", "r"])
+def test_unknown_interpreters_are_commented(intp):
+    [c] = one(f"%{intp}\nls -la\n\n  echo \"$HOME\"\rrm -rf /\n")
+    assert c.source.splitlines()[0] == f"# Zeppelin %{intp} paragraph: not converted, kept as comments"
+    assert ast.parse(c.source).body == []  # nothing runs, not even after the lone \r
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "%md", "%spark.pyspark\n\n\n", "%sql   ", None])
+def test_empty_paragraphs_are_dropped(text):
+    assert one(text) == []
+
+
+def test_text_on_the_interpreter_line_and_local_properties():
+    assert [c.source for c in one("%md # Hello")] == ["# Hello"]
+    assert [c.source for c in one('%spark.pyspark(pool="etl, nightly") df.count()')] == ["df.count()"]
+
+
+@pytest.mark.parametrize("query", [
+    'select """quoted""" as x',
+    "select '\\d+' rlike name from t where note = 'a\\\\b'",
+    'select "a"',
+    'select """"',
+    "select 1 -- ends with a backslash \\",
+    "select\n  *\r\nfrom t\twhere x = '''y'''",
+])
+def test_sql_query_kept_exactly(query):
+    for intp in ("sql", "spark.sql"):
+        [c] = one(f"%{intp}\n{query}\n")
+        assert sql_query(c.source) == query
+
+
+MALFORMED = [
+    ("not json {", "not JSON"),
+    ("[1, 2]", "not a Zeppelin note: expected an object with a 'paragraphs' list, got a list"),
+    ('{"cells": [], "nbformat": 4}', "got an object with keys ['cells', 'nbformat']"),
+    ('{"paragraphs": "%md hi"}', "'paragraphs' must be a list, got a string"),
+    ('{"paragraphs": [{"text": "%md ok"}, "%md hi"]}', "paragraphs[1]: a paragraph must be an object, got a string"),
+    ('{"paragraphs": [{"id": "20180530-1", "title": "Load", "text": ["%python", "x"]}]}',
+     "paragraphs[0] (id '20180530-1', title 'Load'): 'text' must be a string (or absent), got a list"),
+    ('{"paragraphs": [{"id": "p", "text": 3}]}', "paragraphs[0] (id 'p'): 'text' must be a string (or absent), got a number"),
+    ('{"paragraphs": [{"id": "p", "title": true}]}', "paragraphs[0] (id 'p'): 'title' must be a string (or absent), got a boolean"),
+    ('{"paragraphs": [{"id": 7, "text": ""}]}', "paragraphs[0]: 'id' must be a string (or absent), got a number"),
+    ('{"paragraphs": [{}, {"id": "q", "text": "%spark(pool=a\\nx"}]}', "paragraphs[1] (id 'q'): the interpreter's local properties '(pool=a' never close"),
+    ('{"paragraphs": [], "defaultInterpreterGroup": 3}', "'defaultInterpreterGroup' must be an interpreter group name"),
+    ('{"paragraphs": [], "name": ["x"]}', "the note's 'name' must be a string, got a list"),
+]
+
+
+@pytest.mark.parametrize("text, message", MALFORMED)
+def test_malformed_notes_raise_zeppelin_error(tmp_path, text, message):
+    src = tmp_path / "bad.zpln"
+    src.write_text(text)
+    with pytest.raises(ZeppelinError) as e:
+        import_zeppelin(src, tmp_path / "out.ipynb")
+    assert str(e.value).startswith(f"{src}: ") and message in str(e.value), str(e.value)
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_unreadable_files_raise_zeppelin_error(tmp_path):
+    (tmp_path / "latin1.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    for path, message in [(tmp_path / "missing.zpln", "cannot read the note (No such file or directory)"),
+                          (tmp_path, "cannot read the note (Is a directory)"), (tmp_path / "latin1.json", "not UTF-8 text")]:
+        with pytest.raises(ZeppelinError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_note(path)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=16)
+paragraphs = st.lists(st.fixed_dictionaries({}, optional={"text": st.none() | st.text() | json_values, "title": st.none() | st.text() | json_values,
+                                                          "id": st.text(max_size=10), "config": st.fixed_dictionaries({}, optional={"title": st.booleans()})}),
+                      max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, st.fixed_dictionaries({"paragraphs": paragraphs | json_values})))
+def test_any_json_gives_a_notebook_or_a_zeppelin_error(value):
+    try:
+        nb = note_to_notebook(parse_note(json.dumps(value)))
+    except ZeppelinError as e:
+        assert str(e).startswith("note: ")
+        return
+    nbformat.validate(nb)
+
+
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "'", "\n", "\r", "%", "\0"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_py_string_round_trips(s):
+    assert ast.literal_eval(py_string(s)) == s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["sql", "spark.sql", "sh", "spark.conf"]), texts)
+def test_any_paragraph_text_converts_safely(intp, body):
+    cells = one(f"%{intp}\n{body}")
+    if not body.strip():
+        assert cells == []
+    elif intp.endswith("sql"):
+        assert sql_query(cells[0].source) == body.strip()
+    else:
+        assert ast.parse(cells[0].source).body == []
