@@ -10,8 +10,8 @@ from .config import disable_telemetry, load_settings
 
 # %% auto #0
 __all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route',
-           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_import_zeppelin',
-           'make_parser', 'main']
+           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_schedule_airflow',
+           'cmd_import_zeppelin', 'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -97,6 +97,13 @@ def cmd_stream_replay(s, a):
     print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
           f"{s.app_dir}/app.py features_from_stream in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
 
+def cmd_schedule_airflow(s, a):
+    from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags
+    if any("=" not in kv for kv in a.env): raise ValueError(f"--env takes KEY=VALUE, got {a.env}")
+    env = dict(kv.split("=", 1) for kv in a.env) if a.env else None
+    for f in airflow_dags(Path(a.pipeline or DEFAULT_PIPELINE_DIR), Path(a.out), a.project, a.venv, a.products, env):
+        print(f"wrote {f}")
+
 def cmd_import_zeppelin(s, a):
     from nutrino_ml.zeppelin import import_zeppelin, summary_line
     print(summary_line(import_zeppelin(Path(a.note), Path(a.to), overwrite=a.force)))
@@ -142,6 +149,15 @@ def make_parser() -> argparse.ArgumentParser:
     rp = st.add_parser("replay", help="send the lake's events through the app's Kinesis handler into the online store")
     rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")
     rp.add_argument("--batch-size", type=int, default=100); rp.set_defaults(fn=cmd_stream_replay)
+    sc = sub.add_parser("schedule", help="scheduled training").add_subparsers(dest="action", required=True)
+    af = sc.add_parser("airflow", help="write one Airflow DAG per model (schedule and retries from pipelines/env.yaml)")
+    af.add_argument("--out", required=True, help="the Airflow dags folder")
+    af.add_argument("--pipeline", default=None, help="the pipelines/ folder to read (this checkout's by default)")
+    af.add_argument("--project", default=None, help="the checkout the tasks run in on the workers (default: this one)")
+    af.add_argument("--venv", default=None, help="the project's virtualenv on the workers (default: <project>/.venv)")
+    af.add_argument("--products", default=None, help="where the tasks write products (default: <project>/pipelines/products)")
+    af.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a variable for every task, e.g. NUTRINO_PROFILE=aws (repeatable)")
+    af.set_defaults(fn=cmd_schedule_airflow)
     zp = sub.add_parser("import-zeppelin", help="turn a Zeppelin note (.zpln or 0.8 note.json) into a notebook")
     zp.add_argument("note"); zp.add_argument("--to", required=True, help="the notebook to write, e.g. nbs/13_my_note.ipynb")
     zp.add_argument("--force", action="store_true", help="overwrite an existing notebook"); zp.set_defaults(fn=cmd_import_zeppelin)

@@ -266,3 +266,20 @@ def test_any_paragraph_text_converts_safely(intp, body):
         assert sql_query(cells[0].source) == body.strip()
     else:
         assert ast.parse(cells[0].source).body == []
+
+
+def test_the_cli_writes_the_notebook_and_refuses_bad_notes_with_exit_2(tmp_path):
+    import subprocess
+    from conftest import BIN
+    dst = tmp_path / "nbs" / "13_spark_sql.ipynb"
+    dst.parent.mkdir()
+    ok = subprocess.run([BIN / "nutrino-ml", "import-zeppelin", str(DATA / "3. Spark SQL (PySpark)_2EWM84JXA.zpln"), "--to", str(dst)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "2 SQL" in ok.stdout and nbformat.validate(nbformat.read(dst, as_version=4)) is None
+    again = subprocess.run([BIN / "nutrino-ml", "import-zeppelin", str(DATA / "3. Spark SQL (PySpark)_2EWM84JXA.zpln"), "--to", str(dst)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "--force" in again.stderr
+    bad = tmp_path / "bad.zpln"
+    bad.write_text(json.dumps({"name": "n", "paragraphs": [{"id": "p1", "text": 3}]}))
+    r = subprocess.run([BIN / "nutrino-ml", "import-zeppelin", str(bad), "--to", str(tmp_path / "x.ipynb")], capture_output=True, text=True)
+    assert r.returncode == 2 and "paragraphs[0]" in r.stderr and "Traceback" not in r.stderr
