@@ -64,6 +64,11 @@ test: lint-nbs nbs-test pytest
 bench: $(STAMP)
 	$(BIN)/python bench/serving/run.py
 
+# feature extraction pandas vs Spark local[2] (10^5, 10^6 events; BENCH_FEATURES_ARGS=--big adds 10^7), Spark batch scoring vs mlflow spark_udf
+.PHONY: bench-features
+bench-features: $(STAMP)
+	$(BIN)/python bench/features/run.py $(BENCH_FEATURES_ARGS)
+
 # JupyterLab on the project, loopback only, with a token (printed in the URL)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)

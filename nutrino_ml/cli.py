@@ -9,9 +9,9 @@ from pathlib import Path
 from .config import disable_telemetry, load_settings
 
 # %% auto #0
-__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_rollback', 'cmd_route',
-           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_schedule_airflow',
-           'cmd_import_zeppelin', 'make_parser', 'main']
+__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_lineage', 'cmd_rollback', 'cmd_route',
+           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_features_build',
+           'cmd_score', 'cmd_schedule_airflow', 'cmd_import_zeppelin', 'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -47,6 +47,11 @@ def cmd_promote(s, a):
     print(f"{r['name']}: {r['alias']} -> version {r['version']}" + (f" (was {r['previous']}; now 'rollback')" if r["previous"] and a.alias == "production" and r["previous"] != r["version"] else ""))
 
 # %% ../nbs/09_cli.ipynb #fbdcd8f2
+def cmd_lineage(s, a):
+    from nutrino_ml.lineage import format_lineage, lineage
+    d = lineage(_client(s), a.name, a.version)
+    print(json.dumps(d, indent=1, default=str) if a.json else format_lineage(d))
+
 def cmd_rollback(s, a):
     from nutrino_ml.registry import rollback
     r = rollback(_client(s), a.name)
@@ -97,6 +102,17 @@ def cmd_stream_replay(s, a):
     print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
           f"{s.app_dir}/app.py features_from_stream in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
 
+def cmd_features_build(s, a):
+    from nutrino_ml.spark import build_feature_tables
+    for name, r in build_feature_tables(s, a.engine, a.feature_set or None).items():
+        print(f"{name}: {r['rows']} rows in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+
+def cmd_score(s, a):
+    from nutrino_ml.spark import score_to_lake
+    r = score_to_lake(s, a.model, a.engine)
+    print(f"{r['model']} version {r['version']}: {r['rows']} predictions ({r['rejected']} rows refused by its schema) "
+          f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+
 def cmd_schedule_airflow(s, a):
     from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags
     if any("=" not in kv for kv in a.env): raise ValueError(f"--env takes KEY=VALUE, got {a.env}")
@@ -128,6 +144,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_promote)
     rb = models.add_parser("rollback", help="production back to the 'rollback' version")
     rb.add_argument("name"); rb.set_defaults(fn=cmd_rollback)
+    li = sub.add_parser("lineage", help="what a registered version was trained from: run, git, notebooks, library, params, partitions")
+    li.add_argument("name"); li.add_argument("version", help="a version number, an alias, or 'latest'")
+    li.add_argument("--json", action="store_true", help="as JSON"); li.set_defaults(fn=cmd_lineage)
     rt = models.add_parser("route", help="set the traffic policy: weights, shadows, sticky key")
     rt.add_argument("name"); rt.add_argument("--weights", required=True, help="ALIAS_OR_VERSION=PERCENT,... adding up to 100, e.g. production=90,canary=10")
     rt.add_argument("--shadow", action="append", default=[], help="a version or alias that scores requests without answering (repeatable)")
@@ -149,6 +168,14 @@ def make_parser() -> argparse.ArgumentParser:
     rp = st.add_parser("replay", help="send the lake's events through the app's Kinesis handler into the online store")
     rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")
     rp.add_argument("--batch-size", type=int, default=100); rp.set_defaults(fn=cmd_stream_replay)
+    fe = sub.add_parser("features", help="offline feature tables in the lake").add_subparsers(dest="action", required=True)
+    fb = fe.add_parser("build", help="compute the feature sets over the whole lake into features_<set>/dt=.../")
+    fb.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
+    fb.add_argument("--feature-set", action="append", default=[], help="only this feature set (repeatable)")
+    fb.set_defaults(fn=cmd_features_build)
+    so = sub.add_parser("score", help="batch-score the offline feature table with an exported bundle into predictions_<model>/")
+    so.add_argument("--model", required=True, help="NAME or NAME@ALIAS_OR_VERSION (default alias: production)")
+    so.add_argument("--engine", choices=["spark", "pandas"], default="spark"); so.set_defaults(fn=cmd_score)
     sc = sub.add_parser("schedule", help="scheduled training").add_subparsers(dest="action", required=True)
     af = sc.add_parser("airflow", help="write one Airflow DAG per model (schedule and retries from pipelines/env.yaml)")
     af.add_argument("--out", required=True, help="the Airflow dags folder")

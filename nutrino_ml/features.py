@@ -12,8 +12,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['MEAL_RESPONSE', 'GLUCOSE_FORECAST', 'FEATURE_SETS', 'window_bounds', 'window_matrix', 'window_slope', 'Feature',
            'FeatureSet', 'clean_events', 'hour_of_day', 'meal_response_for_user', 'meal_response_now', 'is_anchor',
-           'glucose_forecast_for_user', 'glucose_forecast_now', 'frame_columns', 'split_by', 'compute_entity',
-           'conform', 'build_features', 'training_rows', 'time_split']
+           'glucose_forecast_for_user', 'glucose_forecast_now', 'frame_columns', 'split_by', 'empty_columns',
+           'compute_entity', 'conform', 'build_features', 'training_rows', 'time_split']
 
 # %% ../nbs/03_features.ipynb #9c8f70ef
 def window_bounds(t:np.ndarray, # sorted reading times (minutes)
@@ -185,9 +185,15 @@ def split_by(cols:dict, key:str) -> dict:
     cuts = np.flatnonzero(ks[1:] != ks[:-1]) + 1
     return {ks[i]: _take(cols, order[i:j]) for i, j in zip([0, *cuts], [*cuts, len(ks)])}
 
+def empty_columns(table:str) -> dict:
+    "Columns of `table` with no rows (what an entity without events of that table gets)."
+    from nutrino_ml.tables import TABLES
+    kinds = {"string": object, "timestamp": "datetime64[us]", "int": float, "float": float}
+    return {c.name: np.array([], dtype=kinds[c.kind]) for c in TABLES[table].columns}
+
 def compute_entity(fset:FeatureSet, entity_tables:dict) -> dict:
-    "`fset.fn` over one entity's columns per table (missing tables are empty)."
-    return fset.fn(**{t: entity_tables.get(t, {}) for t in fset.tables})
+    "`fset.fn` over one entity's columns per table (a table without rows for it gets empty columns)."
+    return fset.fn(**{t: entity_tables[t] if _n(entity_tables.get(t)) else empty_columns(t) for t in fset.tables})
 
 # %% ../nbs/03_features.ipynb #adf7ebf1
 _DTYPES = {"string": "string", "double": "float64", "timestamp": "datetime64[us, UTC]"}

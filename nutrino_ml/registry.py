@@ -65,7 +65,9 @@ def log_and_register(name:str,            # model name, registered under this na
                      tracking_uri:str, experiment:str, artifact_location:str="",
                      params:dict|None=None, metrics:dict|None=None,
                      reports:list=(),     # files (executed notebooks as HTML) logged under reports/
-                     tags:dict|None=None, git:dict|None=None) -> dict:
+                     tags:dict|None=None, git:dict|None=None,
+                     lineage:dict|None=None # what it was made from (`nutrino_ml.lineage.training_lineage`), logged as lineage.json
+                    ) -> dict:
     "Log one training run to MLflow and register its model as a new version; returns name, version, run_id."
     mlflow.set_tracking_uri(tracking_uri)
     spec, git = model_spec(name), git if git is not None else git_state()
@@ -77,6 +79,7 @@ def log_and_register(name:str,            # model name, registered under this na
         mlflow.log_params(_flat(params))
         mlflow.log_metrics({k: float(v) for k, v in (metrics or {}).items()})
         for r in reports: mlflow.log_artifact(str(r), "reports")
+        if lineage: mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_artifacts(str(bundle_dir), "serving")
         info = _log_model(name, spec.kind, model, bundle_dir, infer_signature(example, np.asarray(model.predict(example), float)), example)
     return {"name": name, "version": int(info.registered_model_version), "run_id": run.info.run_id}

@@ -27,7 +27,8 @@ def registry(built, tmp_path_factory):
         m = GlucoseForecaster.from_state({**base.state(), "global_baseline": base.state()["global_baseline"] + shift,
                                           "baseline": [b + shift for b in base.state()["baseline"]]})
         build_bundle(m, FORECAST, rows, tmp / f"bundle{shift}")
-        log_and_register(FORECAST, m, tmp / f"bundle{shift}", rows.head(3), env["NUTRINO_MLFLOW_TRACKING_URI"], "test")
+        log_and_register(FORECAST, m, tmp / f"bundle{shift}", rows.head(3), env["NUTRINO_MLFLOW_TRACKING_URI"], "test",
+                         str(tmp / "mlflow" / "artifacts"))  # not MLflow's default ./mlruns in the working directory
     return {"env": env, "app": tmp / "app"}
 
 

@@ -39,4 +39,4 @@ def kinesis_throughput(batch_sizes=(100, 10_000), users=20, days=3, seed=3) -> d
 if __name__ == "__main__":
     for k in ("PLOOMBER_STATS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(k, "false" if k.startswith("PLOOMBER") else "true")
-    print(json.dumps(kinesis_throughput(*(tuple(int(x) for x in sys.argv[1:]) or ((100, 10_000),))), indent=1))
+    print(json.dumps(kinesis_throughput(tuple(int(x) for x in sys.argv[1:]) or (100, 10_000)), indent=1))

@@ -8,6 +8,7 @@ product = None
 model_name = None
 test_fraction = None
 hyperparams = None
+code_hash = None
 
 # %%
 import json
@@ -18,6 +19,7 @@ from nutrino_ml.models import model_spec, load_model, evaluate_model
 spec = model_spec(model_name)
 train, test = time_split(pd.read_parquet(upstream["features"][spec.feature_set]), test_fraction)
 model = load_model(upstream[f"train-{model_name}"]["model"])
+print(f"{model_name} on {len(test)} held-out rows from {test.ts.min()}, code {code_hash[:12]}")
 
 # %%
 metrics = evaluate_model(model, model_name, test, train)

@@ -1,19 +1,22 @@
 # %% [markdown]
 # # features
-# Build every feature set from the extracted tables with the pandas runtime.
+# Build every feature set from the extracted tables, with the pandas runtime or the Spark runtime (`engine`);
+# both run the same feature functions and write the same products.
 
 # %% tags=["parameters"]
 upstream = None
 product = None
+engine = "pandas"
+code_hash = None
 
 # %%
-import pandas as pd
-from nutrino_ml.features import FEATURE_SETS, build_features
+from nutrino_ml.config import load_settings
+from nutrino_ml.features import FEATURE_SETS
+from nutrino_ml.spark import build_feature_frames
 
-tables = {t: pd.read_parquet(upstream["extract"][t]) for t in ("users", "meals", "glucose")}
+frames = build_feature_frames({t: upstream["extract"][t] for t in ("users", "meals", "glucose")}, engine, load_settings())
 
 # %%
-for name, fset in FEATURE_SETS.items():
-    df = build_features(fset, tables)
+for name, df in frames.items():
     df.to_parquet(product[name], index=False)
-    print(f"{name}: {len(df)} rows, {df[fset.target].notna().sum()} with a target")
+    print(f"{name} ({engine}): {len(df)} rows, {df[FEATURE_SETS[name].target].notna().sum()} with a target")

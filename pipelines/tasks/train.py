@@ -9,6 +9,7 @@ product = None
 model_name = None
 test_fraction = None
 hyperparams = None
+code_hash = None
 
 # %%
 import pandas as pd
@@ -17,7 +18,7 @@ from nutrino_ml.models import model_spec, train_model, save_model, describe_mode
 
 spec = model_spec(model_name)
 train, test = time_split(pd.read_parquet(upstream["features"][spec.feature_set]), test_fraction)
-print(f"{model_name} ({spec.kind}) on '{spec.feature_set}': {len(train)} training rows up to {train.ts.max()}, hyperparameters {hyperparams}")
+print(f"{model_name} ({spec.kind}) on '{spec.feature_set}': {len(train)} training rows up to {train.ts.max()}, hyperparameters {hyperparams}, code {code_hash[:12]}")
 
 # %%
 model = train_model(model_name, train, hyperparams)

@@ -1,0 +1,277 @@
+"""Features benchmark: the pandas runtime vs the Spark runtime (local[2]) on the same lake, and Spark batch scoring
+with the exported bundles vs `mlflow.pyfunc.spark_udf`.
+
+    .venv/bin/python bench/features/run.py [--big] [--sizes 100000,1000000] [--no-scoring] [--score-rows N] [--keep] [--no-readme]
+
+For each size (10^5 and 10^6 events; 10^7 with --big, see below) it writes a synthetic lake in the lake's schema
+(bench/features/worker.py `synth`: 14 daily partitions, a glucose reading every 5 minutes per user, ~3.5 meals a day),
+then runs `nutrino_ml.spark.build_feature_tables` with each engine, **each in a fresh process** (so the peak memory is
+that engine's own; for Spark the JVM and its Python workers are counted too): read and check the raw tables, compute
+both feature sets, write both offline feature tables. It also times the feature computation alone on tables already
+read. Then it builds a small stack (simulated lake, `ploomber build`, both models promoted and exported into a copy of
+the app) and, in another fresh Spark process, scores the same feature rows with `score_spark` (the exported bundle,
+`mapInPandas`) and with `mlflow.pyfunc.spark_udf` on the same registered version.
+
+--big adds 10^7 events: pandas needs ~5 GB and ~1.5 minutes for it, Spark local[2] ~3.5 GB and ~5 minutes on 2 cores;
+opt-in so that a default run stays around 4 minutes (~10 with --big).
+
+Writes bench/results/features.json (features-<sizes>.json when --sizes is given) and, unless --no-readme or --sizes,
+the results table into bench/README.md between `<!-- features:start -->` and `<!-- features:end -->`. Every process it
+starts is waited for; temporary lakes are removed unless --keep.
+"""
+from __future__ import annotations
+
+import argparse, datetime, json, os, platform, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+PY = Path(sys.executable)
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+START, END = "<!-- features:start -->", "<!-- features:end -->"
+MODELS = ("glucose-response", "glucose-forecast")
+TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1",
+                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1",
+                 "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"}
+DEFAULT_SIZES, BIG = (100_000, 1_000_000), 10_000_000
+MASTER, DRIVER_MEMORY = "local[2]", "2g"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(args, env=None, cwd=ROOT, timeout=1800) -> str:
+    p = subprocess.run([str(a) for a in args], cwd=cwd, env={**os.environ, **(env or {})}, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    if p.returncode:
+        raise RuntimeError(f"{[str(a) for a in args][:4]} exited {p.returncode}:\n{p.stdout[-6000:]}")
+    return p.stdout
+
+
+def worker(*args, timeout=3600) -> dict:
+    """bench/features/worker.py in a fresh process; its RESULT line, with the load average around it."""
+    before = os.getloadavg()
+    out = run([PY, HERE / "worker.py", *args], timeout=timeout)
+    line = next((l for l in reversed(out.splitlines()) if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"worker {args[:1]} printed no RESULT:\n{out[-4000:]}")
+    return {**json.loads(line[7:]), "loadavg_before": before, "loadavg_after": os.getloadavg()}
+
+
+# --- 1. feature extraction --------------------------------------------------------------------------------------
+def features_at(size: int, lake: Path) -> dict:
+    log(f"{size:,} events: synthesizing a lake in {lake}")
+    res = {"synth": worker("synth", "--lake", lake, "--events", size)}
+    for engine in ("pandas", "spark"):
+        log(f"{size:,} events: build_feature_tables with {engine}" + (f" ({MASTER}, driver memory {DRIVER_MEMORY})" if engine == "spark" else ""))
+        res[engine] = worker("features", "--lake", lake, "--engine", engine, "--master", MASTER, "--driver-memory", DRIVER_MEMORY)
+        log(f"  build {res[engine]['build_s']:.1f} s, compute only {res[engine]['compute_s']:.1f} s, "
+            f"peak RSS {res[engine]['memory']['peak_tree_rss_mib']:.0f} MiB")
+    return res
+
+
+# --- 2. batch scoring -------------------------------------------------------------------------------------------
+def stack_env(tmp: Path) -> dict:
+    """NUTRINO_* overrides that put the lake, MLflow, bundles and the app in `tmp` (as tests/conftest.local_env)."""
+    return {**TELEMETRY_OFF, "NUTRINO_PROFILE": "test", "NUTRINO_DATALAKE_ROOT": str(tmp / "lake"),
+            "NUTRINO_MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow/mlflow.db",
+            "NUTRINO_MLFLOW_ARTIFACT_LOCATION": str(tmp / "mlflow" / "artifacts"),
+            "NUTRINO_APP_DIR": str(tmp / "app"), "NUTRINO_BUNDLE_DIR": str(tmp / "app" / "chalicelib" / "models"),
+            "NUTRINO_ONLINE_STORE": f"sqlite:///{tmp}/online_store.db", "NUTRINO_DEAD_LETTER": f"sqlite:///{tmp}/online_store.db"}
+
+
+def build_stack(tmp: Path) -> dict:
+    """Version 1 of both models trained on a small simulated lake, promoted and exported into a copy of the app."""
+    env = stack_env(tmp)
+    shutil.copytree(ROOT / "chalice_app", tmp / "app", ignore=shutil.ignore_patterns(
+        "models", "vendor", "deployments", "__pycache__", "packaged"))
+    t = time.perf_counter()
+    run([BIN / "nutrino-ml", "datalake", "simulate", "--users", 8, "--days", 6, "--seed", 11], env=env)
+    run([BIN / "ploomber", "build", "--env--products", tmp / "products"], env=env, cwd=ROOT / "pipelines")
+    for name in MODELS:
+        run([BIN / "nutrino-ml", "models", "promote", name, "latest"], env=env)
+    run([BIN / "nutrino-ml", "export"], env=env)
+    return {"tracking_uri": env["NUTRINO_MLFLOW_TRACKING_URI"], "bundles": env["NUTRINO_BUNDLE_DIR"], "build_s": time.perf_counter() - t}
+
+
+def scoring(tmp: Path, lake: Path, rows: int) -> dict:
+    log("scoring: building a stack to score with (simulate, ploomber build, promote, export)")
+    stack = build_stack(tmp / "stack")
+    log(f"scoring: score_spark vs mlflow.pyfunc.spark_udf, {rows:,} rows per model, {MASTER}")
+    res = worker("score", "--lake", lake, "--bundles", stack["bundles"], "--tracking-uri", stack["tracking_uri"],
+                 "--rows", rows, "--master", MASTER, "--driver-memory", DRIVER_MEMORY)
+    return {"stack_build_s": stack["build_s"], **res}
+
+
+# --- 3. the Kinesis handler (TO BE FILLED) ---------------------------------------------------------------------------
+def kinesis_handler_records_per_s(tmp: Path, batch_sizes=(100, 10_000)) -> dict | None:
+    """The Kinesis handler's records/s for batches of `batch_sizes` records (bench/features/kinesis.py, in a fresh
+    process): the app's `features_from_stream` on Lambda's event shape with the SQLite online store."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("kinesis.py")), *map(str, batch_sizes)],
+                         capture_output=True, text=True, check=True, cwd=tmp).stdout
+    return {int(k): v for k, v in json.loads(out).items()}
+
+
+# --- 4. report ---------------------------------------------------------------------------------------------------
+def si(n: int) -> str:
+    return f"10^{len(str(n)) - 1}" if str(n).strip("0") == "1" else f"{n:,}"
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    L = [START, "", "### `bench/features`: results", "",
+         f"Measured {res['date']} on {m['cpu']} (nproc {m['nproc']}, {m['mem_total_mib'] / 1024:.0f} GiB), Python {m['python']}, "
+         f"pyspark {res['versions']['pyspark']}, pandas {res['versions']['pandas']}, Java {res['versions']['java']}; "
+         f"`{res['command']}` (git {res['git']}), {res['total_s']:.0f} s in all; load average (1/5/15 min) "
+         + "/".join(f"{x:.2f}" for x in res["loadavg_start"]) + " at the start, " + "/".join(f"{x:.2f}" for x in res["loadavg_end"])
+         + " at the end (other work shared the 2 cores: see the 1-minute load before/after each step in the JSON).", "",
+         "**Feature extraction**: `build_feature_tables` (read and check `users`, `meals`, `glucose`; compute `meal_response` and "
+         "`glucose_forecast`; write both offline tables), each engine in a fresh process; events/s = raw events ÷ that time. "
+         "\"Compute only\" = the two feature sets on tables already read (pandas: frames in memory; Spark: the parquet read unchecked, "
+         "written to the `noop` sink). Peak memory = the highest sampled sum of RSS over the process and everything it started "
+         "(Spark: driver + JVM + Python workers; sampled every 0.1 s).", "",
+         "| events | engine | build (s) | events/s | compute only (s) | events/s, compute only | Spark session start (s) | peak memory, process tree (MiB) | feature rows (meal_response / glucose_forecast) |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for size, r in res["features"].items():
+        ev = r["synth"]["events"]
+        for engine in ("pandas", "spark"):
+            e = r[engine]
+            rows = e["compute_rows"]
+            L.append(f"| {si(int(size))} ({ev:,}) | {engine}{' ' + MASTER if engine == 'spark' else ''} | {e['build_s']:.1f} | {rate(ev / e['build_s'])} | "
+                     f"{e['compute_s']:.1f} | {rate(ev / e['compute_s'])} | {e.get('session_start_s', 0) and f'{e['session_start_s']:.1f}' or '–'} | "
+                     f"{e['memory']['peak_tree_rss_mib']:,.0f} | {rows['meal_response']:,} / {rows['glucose_forecast']:,} |")
+    if str(BIG) not in res["features"]:
+        L += ["", "10^7 events is opt-in (`--big`: pandas ~5 GB and ~1.5 minutes, Spark local[2] ~5 minutes)."]
+    sc = res.get("scoring")
+    if sc:
+        L += ["", f"**Batch scoring** in Spark {MASTER}: the same feature rows (the 10^6 lake's offline tables, repeated up to "
+              f"{max(v['rows'] for k, v in sc.items() if k in MODELS):,} rows, cached) scored with `score_spark` (the exported bundle, "
+              "`mapInPandas`, inputs checked as `validate_rows` checks a request) and with `mlflow.pyfunc.spark_udf(..., env_manager=\"local\")` on "
+              "the same registered version, both into the `noop` sink; rows/s of the second run (the first includes loading the "
+              "model in each Python worker).", "",
+              "| model | rows | `score_spark` rows/s | `pyfunc.spark_udf` rows/s | ratio | first run, ours / pyfunc (s) | max abs difference |",
+              "|---|---|---|---|---|---|---|"]
+        for name in MODELS:
+            s = sc[name]
+            o, p = s["score_spark"], s["pyfunc_spark_udf"]
+            L.append(f"| `{name}` v{s['version']} | {s['rows']:,} | {rate(o['rows_per_s'])} | {rate(p['rows_per_s'])} | "
+                     f"{o['rows_per_s'] / p['rows_per_s']:.1f}x | {o['first_s']:.1f} / {p['first_s']:.1f} | {s['max_abs_diff_vs_pyfunc']:.1e} |")
+        L += ["", f"Peak memory of the scoring process tree: {sc['memory']['peak_tree_rss_mib']:,.0f} MiB."]
+    k = res.get("kinesis")
+    L += ["", "**Kinesis handler** (records/s for batches of 100 and 10,000): "
+          + ("not measured yet (`kinesis_handler_records_per_s` in bench/features/run.py)." if not k else
+             ", ".join(f"batches of {int(b):,}: {rate(v['records_per_s'])} records/s ({v['records']:,} simulated events of {v['users']} users, "
+                       f"{v['batches']} invocations, p50 {v['ms_per_batch_p50']:.0f} ms per batch)" for b, v in k.items())
+             + ". The app's `features_from_stream` in-process on Lambda's event shape, SQLite online store (a DynamoDB round trip per "
+               "query would dominate in AWS; moto is no measure of that)" + (f"; measured {res['kinesis_measured']}" if res.get("kinesis_measured") else "") + ".")]
+    L += ["", "Notes: the lake is synthetic (bench/features/worker.py `synth`: same schema as `nutrino_ml.simulate`, vectorized), "
+          "14 daily partitions, ~250 users per 10^6 events. Spark runs `local[2]` with a 2 GiB driver (the executors live in the "
+          "driver's JVM in local mode) and 4 shuffle partitions; its time includes checking every partition with the datalake's "
+          "`validate_frame` and the cross-partition duplicate check (two Spark jobs per raw table), which the pandas engine does "
+          "in `Lake.read_table`. On one 2-core machine the pandas engine is faster: Spark pays for the JVM, the Arrow round trips "
+          "to the Python workers and a shuffle per feature set; it is there for a lake that does not fit one machine. "
+          "Raw numbers: `bench/results/features.json`.", "", END]
+    return "\n".join(L)
+
+
+def write_readme(md: str):
+    text = README.read_text()
+    if START in text and END in text:
+        a, b = text.index(START), text.index(END) + len(END)
+        text = text[:a] + md + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + md + "\n"
+    README.write_text(text)
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor() or "unknown CPU")
+    mem = next((int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), None)
+    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "mem_total_mib": mem,
+            "python": platform.python_version(), "platform": platform.platform(terse=True)}
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
+    return {"pyspark": version("pyspark"), "pandas": version("pandas"), "pyarrow": version("pyarrow"), "mlflow": version("mlflow"),
+            "java": java[0].split('"')[1] if java and '"' in java[0] else "unknown"}
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--big", action="store_true", help="also 10^7 events (pandas ~5 GB, ~1.5 min; Spark local[2] ~5 min)")
+    ap.add_argument("--sizes", help="comma-separated event counts instead of the default sizes (writes features-<sizes>.json, not the README)")
+    ap.add_argument("--no-scoring", action="store_true", help="skip the batch-scoring comparison (and its stack build)")
+    ap.add_argument("--score-rows", type=int, default=1_000_000, help="feature rows scored per model")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (lakes, stack)")
+    ap.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
+    ap.add_argument("--kinesis-only", action="store_true", help="measure only the Kinesis handler, into the last features.json and the README")
+    args = ap.parse_args()
+    if args.kinesis_only:
+        os.environ.update(TELEMETRY_OFF)
+        res = json.loads((RESULTS / "features.json").read_text())
+        res["kinesis"] = kinesis_handler_records_per_s(Path(tempfile.mkdtemp(prefix="nutrino-bench-kinesis-")))
+        res["kinesis_measured"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f", git {git_rev()}"
+        (RESULTS / "features.json").write_text(json.dumps(res, indent=1))
+        md = markdown(res)
+        print(md)
+        if not args.no_readme:
+            write_readme(md)
+        return
+    sizes = [int(float(s)) for s in args.sizes.split(",")] if args.sizes else [*DEFAULT_SIZES, *([BIG] if args.big else [])]
+    os.environ.update(TELEMETRY_OFF)
+    t_all = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="nutrino-bench-features-"))
+    cmd = ".venv/bin/python bench/features/run.py" + (" --big" if args.big else "") + (f" --sizes {args.sizes}" if args.sizes else "") \
+        + (" --no-scoring" if args.no_scoring else "") + (f" --score-rows {args.score_rows}" if args.score_rows != 1_000_000 else "")
+    res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": cmd,
+           "machine": machine(), "versions": versions(), "git": git_rev(), "master": MASTER, "driver_memory": DRIVER_MEMORY,
+           "loadavg_start": os.getloadavg(), "features": {}}
+    log(f"work dir {tmp}; sizes {[si(s) for s in sizes]}")
+    try:
+        for size in sizes:
+            res["features"][str(size)] = features_at(size, tmp / f"lake-{size}")
+        if not args.no_scoring:
+            score_lake = tmp / f"lake-{min(sizes, key=lambda s: abs(s - 1_000_000))}"
+            res["scoring"] = scoring(tmp, score_lake, args.score_rows)
+        res["kinesis"] = kinesis_handler_records_per_s(tmp)
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    res["total_s"] = time.perf_counter() - t_all
+    res["loadavg_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / (f"features-{args.sizes.replace(',', '-')}.json" if args.sizes else "features.json")
+    out.write_text(json.dumps(res, indent=1))
+    md = markdown(res)
+    print(md)
+    log(f"wrote {out.relative_to(ROOT)}")
+    if not args.sizes and not args.no_readme:
+        write_readme(md)
+        log(f"wrote the table into {README.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Lineage of the versions the pipeline registers, and that training again at the same commit on the same partitions reproduces them."""
+import hashlib, json, subprocess
+from pathlib import Path
+
+from conftest import MODELS, ROOT, build, local_env, ran_tasks
+from nutrino_ml.datalake import Lake
+from nutrino_ml.lineage import format_lineage, library_lineage, lineage
+
+TASKS = {"extract", "features", *(f"{step}-{m}" for step in ("train", "evaluate", "register") for m in MODELS)}
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_lineage_names_run_git_code_params_and_partitions(built):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    manifest = json.loads((built["products"] / "extract" / "partitions.json").read_text())
+    lake = Lake(built["env"]["NUTRINO_DATALAKE_ROOT"])
+    for name, reg in built["registered"].items():
+        d = lineage(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"], name, "production")
+        assert (d["version"], d["run_id"], d["aliases"]) == (reg["version"], reg["run_id"], ["production"])
+        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(d["metrics"])
+        assert d["git"]["commit"] == head and d["git"]["dirty"] in (True, False)
+        assert d["library"] == library_lineage()["sha256"]
+        notebooks = {n["notebook"]: n["notebook_sha256"] for n in d["notebooks"]}
+        assert all(notebooks[nb] == sha256(ROOT / nb) for nb in ("nbs/01_datalake.ipynb", "nbs/03_features.ipynb", "nbs/05_models.ipynb"))
+        assert {"test_fraction", "parity_tolerance", "engine"} <= set(d["params"]) and any(k.startswith("hyperparams.") for k in d["params"])
+        assert d["datalake_root"] == lake.root and d["partitions"] == manifest["partitions"]
+        assert {(p["table"], p["dt"]) for p in d["partitions"]} == {(t, dt) for t in ("users", "meals", "glucose") for dt in lake.partitions(t)}
+    for p in d["partitions"]:
+        assert p["sha256"] == sha256(Path(lake.root) / p["table"] / f"dt={p['dt']}" / "part-0.parquet")
+        assert p["rows"] == len(lake.read_partition(p["table"], p["dt"]))
+
+
+def test_format_lineage_prints_every_part(built):
+    d = lineage(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"], "glucose-response", 1)
+    text = format_lineage(d)
+    rows = [line.split() for line in text.splitlines()]
+    assert text.startswith("glucose-response version 1 (production)\n")
+    assert ["run", d["run_id"]] in rows and ["library", d["library"]] in rows and d["git"]["commit"] in text
+    assert ["mae", f"{d['metrics']['mae']:.6g}"] in rows and ["hyperparams.n_estimators", "200"] in rows and ["engine", "pandas"] in rows
+    assert ["nbs/03_features.ipynb", sha256(ROOT / "nbs" / "03_features.ipynb")] in rows
+    assert f"partitions of {d['datalake_root']} ({len(d['partitions'])}, {sum(p['rows'] for p in d['partitions'])} rows):" in text
+    assert all([p["table"], p["dt"], str(p["rows"]), p["sha256"]] in rows for p in d["partitions"])
+
+
+def test_training_again_on_the_same_partitions_reproduces_the_version(built, tmp_path):
+    """A second build from a clean products folder on the same lake (its own MLflow) logs the same metrics and lineage."""
+    env = {**local_env(tmp_path), "NUTRINO_DATALAKE_ROOT": built["env"]["NUTRINO_DATALAKE_ROOT"]}
+    assert ran_tasks(build(env, tmp_path / "products").stdout) == TASKS
+    for name in MODELS:
+        first = lineage(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"], name, 1)
+        again = lineage(env["NUTRINO_MLFLOW_TRACKING_URI"], name, 1)
+        assert again["run_id"] != first["run_id"] and again["metrics"] == first["metrics"]
+        for part in ("partitions", "datalake_root", "library", "notebooks", "code_hash", "params", "git"):
+            assert again[part] == first[part], part
+    state = "models/glucose-forecast.json"
+    assert (tmp_path / "products" / state).read_bytes() == (built["products"] / state).read_bytes()

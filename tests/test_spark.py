@@ -1,0 +1,165 @@
+"""The Spark runtime: the same feature rows as pandas on messy events, offline feature tables in the lake, the lake's
+own errors, the features task on Spark, and batch scoring with the exported bundles against MLflow's predictions.
+
+One local[2] session for the module, stopped at the end; the data is a few users over a few days.
+"""
+import dataclasses, shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import MODELS, ROOT
+from nutrino_ml.config import load_settings
+from nutrino_ml.datalake import TABLES, DatalakeError, Lake
+from nutrino_ml.features import FEATURE_SETS, build_features, conform
+from nutrino_ml.serving import ServedModels
+from nutrino_ml.simulate import simulate_lake, write_simulated_lake
+from nutrino_ml.spark import (build_feature_frames, build_feature_tables, build_features_spark, feature_table, feature_table_spec, predictions_spec,
+                              predictions_table, score_spark, score_to_lake, spark_session)
+
+FSET_OF = {"glucose-response": "meal_response", "glucose-forecast": "glucose_forecast"}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    s = spark_session("local[2]", "nutrino_ml-tests")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def events():
+    """A small simulated lake's tables, with only the columns the lake has."""
+    return {t: df[TABLES[t].names] for t, df in simulate_lake(users=4, days=3, seed=5).items()}
+
+
+def settings_for(lake_root, **more):
+    s = load_settings("test", path=ROOT / "settings.ini", environ={})
+    return dataclasses.replace(s, datalake_root=str(lake_root), **more)
+
+
+def assert_same_rows(got, want, fset):
+    """Same rows whatever their order: ids and strings equal, timestamps equal, floats within 1e-9, NaN in the same places."""
+    order = lambda d: d[fset.columns].sort_values([fset.key, "ts", "event_id"], ignore_index=True)
+    got, want = order(got), order(want)
+    assert len(got) == len(want) > 0
+    for f in fset.features:
+        if f.dtype == "double":
+            np.testing.assert_allclose(got[f.name].to_numpy(float), want[f.name].to_numpy(float), rtol=0, atol=1e-9, equal_nan=True, err_msg=f.name)
+        else:
+            assert got[f.name].tolist() == want[f.name].tolist(), f.name
+
+
+def messy(tables, seed=1):
+    """The same events as delivered by a stream: shuffled, and one in ten delivered twice."""
+    out = {}
+    for t, df in tables.items():
+        again = df.sample(frac=0.1, random_state=seed) if t != "users" else df.head(0)
+        out[t] = pd.concat([df, again]).sample(frac=1, random_state=seed, ignore_index=True)
+    return out
+
+
+def write_late_lake(lake, tables, late=0.03, seed=2):
+    """`tables` as daily partitions, shuffled, with a share of the events landing a day late (in the next day's partition)."""
+    rng = np.random.default_rng(seed)
+    lake.write_partition("users", "2026-01-01", tables["users"])
+    for t in ("meals", "glucose"):
+        df = tables[t]
+        day = df.ts.dt.floor("D") + pd.to_timedelta((rng.random(len(df)) < late).astype(int), unit="D")
+        for dt, part in df.groupby(day.dt.strftime("%Y-%m-%d")):
+            lake.write_partition(t, dt, part.sample(frac=1, random_state=seed))
+    return {t: lake.partitions(t) for t in ("meals", "glucose")}
+
+
+def test_spark_gives_the_pandas_rows_on_repeated_and_out_of_order_events(spark, events):
+    mixed = messy(events)
+    assert sum(map(len, mixed.values())) > sum(map(len, events.values()))
+    for fset in FEATURE_SETS.values():
+        want = build_features(fset, events)
+        assert_same_rows(build_features(fset, mixed), want, fset)
+        got = build_features_spark(fset, spark, mixed)
+        assert [f.name for f in got.schema] == fset.columns
+        assert_same_rows(conform(got.toPandas(), fset), want, fset)
+
+
+def test_feature_tables_from_a_lake_with_late_events(spark, events, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    parts = write_late_lake(lake, events)
+    assert parts["glucose"][-1] == "2026-01-04"  # late events of the last day made a partition of their own
+    settings = settings_for(tmp_path / "lake")
+    by_spark = build_feature_tables(settings, "spark", spark=spark)
+    for fset in FEATURE_SETS.values():
+        r = by_spark[fset.name]
+        written = lake.read_table(feature_table(fset), feature_table_spec(fset))   # read back by pandas, checked
+        assert r["rows"] == len(written) and r["partitions"] == lake.partitions(feature_table(fset)) == sorted(written.dt.unique())
+        assert (written.dt == written.ts.dt.strftime("%Y-%m-%d")).all()              # partitioned by the day of ts
+        assert all(any(p.glob("*.parquet")) for p in (tmp_path / "lake" / feature_table(fset)).glob("dt=*"))
+        assert_same_rows(written, build_features(fset, events), fset)
+    by_pandas = build_feature_tables(settings, "pandas")
+    for fset in FEATURE_SETS.values():
+        assert by_pandas[fset.name]["rows"] == by_spark[fset.name]["rows"]
+        assert_same_rows(lake.read_table(feature_table(fset), feature_table_spec(fset)), build_features(fset, events), fset)
+
+
+def test_a_bad_partition_fails_both_engines_with_the_lake_error(spark, events, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    write_simulated_lake(lake, events)
+    part = next((tmp_path / "lake" / "meals" / "dt=2026-01-02").glob("*.parquet"))
+    df = pq.read_table(part).to_pandas()
+    df.loc[2, "carbs_g"] = -40.0
+    df.to_parquet(part, index=False)
+    settings = settings_for(tmp_path / "lake")
+    with pytest.raises(DatalakeError) as by_spark:
+        build_feature_tables(settings, "spark", spark=spark)
+    with pytest.raises(DatalakeError) as by_pandas:
+        build_feature_tables(settings, "pandas")
+    assert str(by_spark.value) == str(by_pandas.value) == "meals/dt=2026-01-02: column 'carbs_g' has 1 values outside [0, 500], e.g. -40.0"
+    assert not (tmp_path / "lake" / "features_meal_response").exists()
+
+
+def test_the_features_task_engines_give_the_same_products(built, spark):
+    """What `pipelines/tasks/features.py` runs with `engine: spark`, on the extract task's products of the build."""
+    extract = {t: built["products"] / "extract" / f"{t}.parquet" for t in ("users", "meals", "glucose")}
+    frames = build_feature_frames(extract, "spark", spark=spark)
+    for name in FEATURE_SETS:
+        pd.testing.assert_frame_equal(frames[name], pd.read_parquet(built["products"] / "features" / f"{name}.parquet"))
+
+
+def test_batch_scoring_with_the_exported_bundles_matches_mlflow(built, spark, tmp_path):
+    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+    bundles = built["app"] / "chalicelib" / "models"
+    for name in MODELS:
+        version = built["registered"][name]["version"]
+        feats = pd.read_parquet(built["products"] / "features" / f"{FSET_OF[name]}.parquet")
+        ours = score_spark(spark, feats, bundles, name, "production").toPandas()
+        assert set(ours.model) == {name} and set(ours.version) == {version} and ours.error.isna().all()
+        inputs = [f["name"] for f in ServedModels(bundles).resolve(name, version)["inputs"]]
+        theirs = feats[["event_id"]].assign(expected=np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(feats[inputs]), float))
+        both = ours.merge(theirs, on="event_id", validate="1:1")
+        assert len(both) == len(feats)
+        if name == "glucose-response":  # ONNX runs the trees in float32
+            np.testing.assert_allclose(both.prediction, both.expected, rtol=0, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(both.prediction, both.expected)
+
+
+def test_score_to_lake_writes_predictions_with_their_version(built, spark, tmp_path):
+    shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    settings = settings_for(tmp_path / "lake", bundle_dir=str(built["app"] / "chalicelib" / "models"))
+    build_feature_tables(settings, "spark", spark=spark)
+    lake = Lake(settings.datalake_root)
+    for name in MODELS:
+        fset = FEATURE_SETS[FSET_OF[name]]
+        r = score_to_lake(settings, f"{name}@production", spark=spark)
+        assert (r["model"], r["version"], r["table"], r["rejected"]) == (name, built["registered"][name]["version"], predictions_table(name), 0)
+        by_spark = lake.read_table(predictions_table(name), predictions_spec(name, fset))
+        feats = lake.read_table(feature_table(fset), feature_table_spec(fset))
+        assert r["rows"] == len(by_spark) == len(feats) and set(by_spark.version) == {r["version"]} and set(by_spark.model) == {name}
+        assert sorted(by_spark.event_id) == sorted(feats.event_id) and r["partitions"] == sorted(feats.dt.unique())
+        assert score_to_lake(settings, f"{name}@{r['version']}", "pandas")["rows"] == r["rows"]
+        by_pandas = lake.read_table(predictions_table(name), predictions_spec(name, fset))
+        a, b = (d.sort_values("event_id", ignore_index=True) for d in (by_spark, by_pandas))
+        np.testing.assert_allclose(a.prediction, b.prediction, rtol=0, atol=1e-4 if name == "glucose-response" else 0)
