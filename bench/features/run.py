@@ -21,8 +21,10 @@ starts is waited for; temporary lakes are removed unless --keep.
 """
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, shutil, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
+from report import git_rev, log, machine, write_readme as _write_readme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -40,8 +42,6 @@ DEFAULT_SIZES, BIG = (100_000, 1_000_000), 10_000_000
 MASTER, DRIVER_MEMORY = "local[2]", "2g"
 
 
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def run(args, env=None, cwd=ROOT, timeout=1800) -> str:
@@ -183,22 +183,6 @@ def markdown(res: dict) -> str:
     return "\n".join(L)
 
 
-def write_readme(md: str):
-    text = README.read_text()
-    if START in text and END in text:
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + md + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + md + "\n"
-    README.write_text(text)
-
-
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor() or "unknown CPU")
-    mem = next((int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), None)
-    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "mem_total_mib": mem,
-            "python": platform.python_version(), "platform": platform.platform(terse=True)}
 
 
 def versions() -> dict:
@@ -208,13 +192,6 @@ def versions() -> dict:
             "java": java[0].split('"')[1] if java and '"' in java[0] else "unknown"}
 
 
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def main():
@@ -236,7 +213,7 @@ def main():
         md = markdown(res)
         print(md)
         if not args.no_readme:
-            write_readme(md)
+            _write_readme(md, START, END)
         return
     sizes = [int(float(s)) for s in args.sizes.split(",")] if args.sizes else [*DEFAULT_SIZES, *([BIG] if args.big else [])]
     os.environ.update(TELEMETRY_OFF)
@@ -269,7 +246,7 @@ def main():
     print(md)
     log(f"wrote {out.relative_to(ROOT)}")
     if not args.sizes and not args.no_readme:
-        write_readme(md)
+        _write_readme(md, START, END)
         log(f"wrote the table into {README.relative_to(ROOT)}")
 
 

@@ -18,11 +18,13 @@ bench/README.md between `<!-- serving:start -->` and `<!-- serving:end -->`. Eve
 """
 from __future__ import annotations
 
-import argparse, datetime, http.client, json, math, os, platform, re, shutil, signal, socket, statistics, subprocess
+import argparse, datetime, http.client, json, math, os, re, shutil, signal, socket, statistics, subprocess
 import sys, tempfile, time, urllib.request, zipfile
 from pathlib import Path
 
 from common import api_event
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
+from report import git_rev, log, machine, write_readme as _write_readme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -47,8 +49,6 @@ PROCS: list[subprocess.Popen] = []   # long-running servers started here; stoppe
 
 
 # --- small helpers -------------------------------------------------------------------------------------------
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def pct(samples, p):
@@ -575,31 +575,6 @@ def markdown(res: dict) -> str:
     return "\n".join(L)
 
 
-def write_readme(md: str):
-    text = README.read_text()
-    if START in text and END in text:
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + md + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + md + "\n"
-    README.write_text(text)
-
-
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor() or "unknown CPU")
-    mem = next((int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), None)
-    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "mem_total_mib": mem,
-            "python": platform.python_version(), "platform": platform.platform(terse=True)}
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def main():
@@ -666,7 +641,7 @@ def main():
     print(md)
     log(f"wrote {out.relative_to(ROOT)}")
     if not args.quick and not args.no_readme:
-        write_readme(md)
+        _write_readme(md, START, END)
         log(f"wrote the table into {README.relative_to(ROOT)}")
     missed = [t["id"] for t in res["targets"] if not t["met"]]
     log(f"targets missed: {missed or 'none'}")

@@ -1,0 +1,39 @@
+"""What every benchmark in bench/ shares: progress lines, the machine it ran on, the git revision, and writing its
+results table between its markers in bench/README.md. Standard library only."""
+import os, platform, subprocess, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "bench" / "README.md"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor() or "unknown CPU")
+    mem = next((int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), None)
+    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "mem_total_mib": mem,
+            "python": platform.python_version(), "platform": platform.platform(terse=True)}
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def write_readme(md: str, start: str, end: str):
+    """Put `md` (which begins with `start` and ends with `end`) in place of that section of bench/README.md."""
+    text = README.read_text()
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        text = text[:a] + md + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + md + "\n"
+    README.write_text(text)
