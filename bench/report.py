@@ -1,10 +1,16 @@
 """What every benchmark in bench/ shares: progress lines, the machine it ran on, the git revision, and writing its
-results table between its markers in bench/README.md. Standard library only."""
+results table between its markers in bench/README.md."""
 import os, platform, subprocess, time
 from pathlib import Path
 
+from nutrino_ml.config import TELEMETRY_OFF as _NO_TELEMETRY  # the project's own list of opt-outs
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "bench" / "README.md"
+RESULTS = ROOT / "bench" / "results"
+# what every process a benchmark starts gets: no telemetry, no progress bars, Spark on loopback, quiet warnings
+BENCH_ENV = {**_NO_TELEMETRY, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1",
+             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"}
 
 
 def log(msg):

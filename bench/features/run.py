@@ -24,20 +24,13 @@ from __future__ import annotations
 import argparse, datetime, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
-from report import git_rev, log, machine, write_readme as _write_readme  # noqa: E402
+from report import BENCH_ENV as TELEMETRY_OFF, README, RESULTS, ROOT, git_rev, log, machine, write_readme as _write_readme  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PY = Path(sys.executable)
-RESULTS = ROOT / "bench" / "results"
-README = ROOT / "bench" / "README.md"
 START, END = "<!-- features:start -->", "<!-- features:end -->"
 MODELS = ("glucose-response", "glucose-forecast")
-TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1",
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1",
-                 "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"}
 DEFAULT_SIZES, BIG = (100_000, 1_000_000), 10_000_000
 MASTER, DRIVER_MEMORY = "local[2]", "2g"
 

@@ -24,22 +24,15 @@ from pathlib import Path
 
 from common import api_event
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
-from report import git_rev, log, machine, write_readme as _write_readme  # noqa: E402
+from report import BENCH_ENV as TELEMETRY_OFF, README, RESULTS, ROOT, git_rev, log, machine, write_readme as _write_readme  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PY = Path(sys.executable)
-RESULTS = ROOT / "bench" / "results"
-README = ROOT / "bench" / "README.md"
 START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 MODELS = ("glucose-response", "glucose-forecast")
 TABLE = {"glucose-response": "meal_response", "glucose-forecast": "glucose_forecast"}
 MiB = 1024 * 1024
-TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1",
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1",
-                 "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"}
 LAMBDA_ZIP_LIMIT, LAMBDA_UNZIPPED_LIMIT = 50 * MiB, 250 * MiB
 
 FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, n_http=400, http_warm=30, cold_runs=5)
