@@ -10,8 +10,8 @@ from .config import disable_telemetry, load_settings
 
 # %% auto #0
 __all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_lineage', 'cmd_rollback', 'cmd_route',
-           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_smoke', 'cmd_stream_replay', 'cmd_features_build',
-           'cmd_score', 'cmd_schedule_airflow', 'cmd_import_zeppelin', 'make_parser', 'main']
+           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_package', 'cmd_smoke', 'cmd_stream_replay',
+           'cmd_features_build', 'cmd_score', 'cmd_schedule_airflow', 'cmd_import_zeppelin', 'make_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #219c507b
 def _lake(s):
@@ -82,6 +82,12 @@ def cmd_export(s, a):
     ms = export_bundles(s.mlflow_tracking_uri, Path(s.bundle_dir), tuple(a.live.split(",")))
     copy_runtime(Path(s.app_dir))
     for m in ms: print(f"exported {m['name']} version {m['version']} {m['aliases']} ({m['format']}) -> {s.bundle_dir}/{m['name']}/{m['version']}")
+
+def cmd_package(s, a):
+    from nutrino_ml.export import package_app
+    r = package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode)
+    pyc = f"; bytecode: {r['bytecode']['modules']} modules ({r['bytecode']['how']})" if r["bytecode"] else ""
+    print(f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}\n{r['sam']}")
 
 def cmd_smoke(s, a):
     from nutrino_ml.export import smoke_app
@@ -164,6 +170,11 @@ def make_parser() -> argparse.ArgumentParser:
     sm.add_argument("--port", type=int, default=None)
     sm.add_argument("--online", default=None, metavar="ENTITY", help="also predict for this entity (e.g. u003) from the online store")
     sm.set_defaults(fn=cmd_smoke)
+    pk = sub.add_parser("package", help="chalice package the app for Lambda, checked (dependencies, size limits) and with the cold path precompiled")
+    pk.add_argument("out", help="output folder (deployment.zip, sam.json)")
+    pk.add_argument("--stage", default="dev", help="a stage of .chalice/config.json")
+    pk.add_argument("--no-bytecode", action="store_true", help="leave out the cold path's .pyc")
+    pk.set_defaults(fn=cmd_package)
     st = sub.add_parser("stream", help="the Kinesis feature runtime").add_subparsers(dest="action", required=True)
     rp = st.add_parser("replay", help="send the lake's events through the app's Kinesis handler into the online store")
     rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")

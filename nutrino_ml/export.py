@@ -4,18 +4,20 @@
 
 # %% ../nbs/08_export.ipynb #d812d147
 from __future__ import annotations
-import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import importlib.util, json, os, py_compile, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request, zipfile
 from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
 from . import serving
+from .config import TELEMETRY_OFF, load_settings
 from .registry import resolve_policy
 from .bundle import feature_set_ref
 
 # %% auto #0
-__all__ = ['RUNTIME_MODULES', 'is_live', 'served_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime', 'free_port',
-           'http_json', 'ChaliceLocal', 'smoke_app', 'load_app']
+__all__ = ['RUNTIME_MODULES', 'LIMITS', 'COLD_PATH', 'is_live', 'served_versions', 'mlflow_flavor', 'export_bundles',
+           'copy_runtime', 'free_port', 'http_json', 'ChaliceLocal', 'smoke_app', 'load_app', 'PackageError',
+           'zip_sizes', 'cold_path_modules', 'add_bytecode', 'check_limits', 'package_app']
 
 # %% ../nbs/08_export.ipynb #37dafb03
 def is_live(alias:str, live:tuple=("production", "canary")) -> bool:
@@ -160,3 +162,91 @@ def load_app(app_dir:Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+# %% ../nbs/08_export.ipynb #73af0681
+class PackageError(RuntimeError):
+    "A Lambda package that would not deploy: a dependency chalice did not fetch, or over `chalice deploy`'s size limits."
+
+LIMITS = {"zipped": 50 * 2**20, "unzipped": 250 * 2**20}  # chalice deploy: one direct upload; function + layers unzipped
+
+# run in the unzipped package on a bare interpreter: what does a cold start import?
+COLD_PATH = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+import app
+for versions in app.models.manifests.values():
+    for m in versions.values(): app.models.predictor(m)
+import nutrino_ml.online, nutrino_ml.stream
+here = os.getcwd() + os.sep
+print(json.dumps(sorted(os.path.relpath(f) for f in (getattr(m, "__file__", None) for m in list(sys.modules.values()))
+                        if f and f.startswith(here) and f.endswith(".py"))))
+"""
+
+def zip_sizes(zip_path:Path) -> dict:
+    "`{zipped, unzipped}` bytes of a zip."
+    with zipfile.ZipFile(zip_path) as z: return {"zipped": Path(zip_path).stat().st_size, "unzipped": sum(i.file_size for i in z.infolist())}
+
+def cold_path_modules(root:Path) -> list:
+    "The `.py` files (relative to `root`, an unzipped package) that importing the app, loading every version and the stream runtime imports."
+    r = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", COLD_PATH], cwd=root, capture_output=True, text=True,
+                       env={"PATH": os.environ.get("PATH", ""), **TELEMETRY_OFF}, timeout=300)
+    if r.returncode: raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+def add_bytecode(zip_path:Path, modules:list|None=None) -> dict:
+    "Append unchecked-hash `.pyc` of `modules` (`.py` paths in the zip; default: the cold path, else every module outside tests) to the zip."
+    zip_path, how = Path(zip_path), "cold path"
+    with tempfile.TemporaryDirectory(prefix="nutrino-pkg-") as td:
+        root = Path(td)
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(root)
+            names = set(z.namelist())
+        if modules is None:
+            try: modules = cold_path_modules(root)
+            except Exception as e:  # noqa: BLE001  e.g. the package's wheels are for another platform
+                how = f"every module (the package does not run here: {e})"
+                modules = [n for n in names if n.endswith(".py") and "tests" not in n.split("/")[:-1]]
+        added = []
+        with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as z:
+            for rel in sorted(modules):
+                pyc = importlib.util.cache_from_source(rel)
+                if pyc in names: continue
+                py_compile.compile(str(root/rel), cfile=str(root/pyc), dfile=rel, doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                info = zipfile.ZipInfo(pyc, date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+                z.writestr(info, (root/pyc).read_bytes())
+                added.append(pyc)
+    return {"how": how, "modules": len(added), "python": f"cpython-{sys.version_info[0]}{sys.version_info[1]}"}
+
+def check_limits(zip_path:Path) -> dict:
+    "The zip's sizes; raises PackageError when it is over `chalice deploy`'s limits."
+    sizes = zip_sizes(zip_path)
+    over = [f"{k} {sizes[k] / 2**20:.1f} MiB > {LIMITS[k] / 2**20:.0f} MiB" for k in LIMITS if sizes[k] > LIMITS[k]]
+    if over: raise PackageError(f"{zip_path} is too big for chalice deploy: {'; '.join(over)}. Serve fewer versions, or make the bundles smaller.")
+    return sizes
+
+def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chalicelib/, vendor/)
+                out:Path,            # where deployment.zip and sam.json go
+                stage:str="dev",     # a stage of .chalice/config.json
+                region:str|None=None, # AWS region for chalice (it needs one even offline)
+                bytecode:bool=True   # compile the cold path into the zip
+               ) -> dict:
+    "`chalice package` the app into `out`, refusing a package with a missing dependency or over the limits; adds the cold path's bytecode."
+    app_dir, out = Path(app_dir).resolve(), Path(out).resolve()
+    with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
+        src = Path(td)/"app"
+        shutil.copytree(app_dir, src, ignore=shutil.ignore_patterns("__pycache__", "deployments", "venv"))
+        merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
+        cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
+        env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region}
+        r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
+    log = (r.stdout + r.stderr).strip()
+    if r.returncode: raise PackageError(f"chalice package failed (exit {r.returncode}): {log.splitlines()[-1] if log else ''}")
+    if "Could not install dependencies" in log:  # chalice says so, and still exits 0 with a zip that fails on import
+        missing = log.split("Could not install dependencies:", 1)[1].split("You will have to", 1)[0].split()
+        raise PackageError(f"chalice package could not fetch every dependency for Lambda (python3.12, manylinux x86_64): {', '.join(missing)}. "
+                           "Pin versions that publish manylinux wheels for glibc <= 2.34, or vendor them built for Lambda.")
+    zip_path = out/"deployment.zip"
+    pyc = add_bytecode(zip_path) if bytecode else None
+    return {"zip": str(zip_path), "sam": str(out/"sam.json"), **check_limits(zip_path), "bytecode": pyc, "log": log}

@@ -1,5 +1,5 @@
 """What `chalice package` builds fits Lambda and runs on its own, with no training stack and no site-packages."""
-import json, shutil, subprocess, sys, zipfile
+import json, os, shutil, subprocess, sys, zipfile
 
 import pytest
 
@@ -29,28 +29,57 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def package(built, tmp_path_factory):
+    """`nutrino-ml package` for dev and prod: chalice package offline from the wheelhouse, checked, cold path precompiled."""
     wheels = ROOT / ".wheelhouse"
     if not any(wheels.glob("onnxruntime-*.whl")):
         pytest.fail(f"{wheels} has no Lambda wheels: run `make venv` (it downloads them once, so packaging needs no index)")
     tmp = tmp_path_factory.mktemp("package")
-    app = tmp / "app"
-    shutil.copytree(built["app"], app, ignore=shutil.ignore_patterns("__pycache__", "deployments"))
-    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "AWS_DEFAULT_REGION": "eu-west-1"}
-    # the merge template turns on Lambda's partial batch responses for the Kinesis event source (chalice has no option for it)
-    logs = {st: run([BIN / "chalice", "package", "--stage", st, "--merge-template", ".chalice/stream-events.json", tmp / f"out-{st}"],
-                    cwd=app, env=env).stdout for st in ("dev", "prod")}
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "NUTRINO_APP_DIR": str(built["app"])}
+    # the merge template (.chalice/stream-events.json) turns on Lambda's partial batch responses for the Kinesis source
+    logs = {st: run([BIN / "nutrino-ml", "package", tmp / f"out-{st}", "--stage", st], env=env).stdout for st in ("dev", "prod")}
     return {"out": tmp / "out-dev", "prod": tmp / "out-prod", "log": "\n".join(logs.values()), "tmp": tmp}
 
 
 def test_every_dependency_was_fetched(package):
-    # chalice exits 0 even when it could not install a dependency; it only says so
-    assert "Could not install" not in package["log"] and "missing" not in package["log"].lower(), package["log"]
+    # chalice exits 0 even when it could not install a dependency; `nutrino-ml package` reads its output and fails then
+    assert "(cold path)" in package["log"], package["log"]
     names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
     for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "nutrino_ml/protocols.py", "nutrino_ml/stream.py", "nutrino_ml/features.py",
                 "nutrino_ml/online.py", "nutrino_ml/tables.py", "nutrino_ml/config.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
         assert top in names, top
     assert any(n.startswith("chalicelib/models/glucose-response/1/model.onnx") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber")]
+
+
+def fake_wheel(folder, name, tag):
+    """A wheel with only the platform tag `tag` (no code that matters), as pip writes them."""
+    import base64, hashlib
+    files = {f"{name}/__init__.py": b"X = 1\n", f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+             f"{name}-1.0.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()}
+    record = [f"{k},sha256={base64.urlsafe_b64encode(hashlib.sha256(v).digest()).rstrip(b'=').decode()},{len(v)}" for k, v in files.items()]
+    files[f"{name}-1.0.dist-info/RECORD"] = ("\n".join(record) + f"\n{name}-1.0.dist-info/RECORD,,\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / f"{name}-1.0-{tag}.whl", "w") as z:
+        for k, v in files.items():
+            z.writestr(k, v)
+
+
+@pytest.mark.parametrize("requirement,expect", [
+    # a wheel only for a newer glibc than Lambda's 2.34: pip takes it here, chalice finds nothing for Lambda and exits 0
+    ("nutrino_newer_glibc==1.0", "could not fetch every dependency for Lambda (python3.12, manylinux x86_64): nutrino-newer-glibc==1.0"),
+    ("nutrino-no-such-dependency==1.0", "Could not satisfy the requirement: nutrino-no-such-dependency==1.0"),   # chalice exits 2
+])
+def test_a_dependency_chalice_cannot_fetch_fails_the_package(built, tmp_path, requirement, expect):
+    """`chalice package` exits 0 with a zip that fails on import when it cannot fetch a dependency for Lambda;
+    `nutrino-ml package` exits 2 and names the dependency."""
+    app = tmp_path / "app"
+    shutil.copytree(built["app"], app, ignore=shutil.ignore_patterns("__pycache__", "chalicelib", "deployments"))
+    with open(app / "requirements.txt", "a") as f:
+        f.write(requirement + "\n")
+    fake_wheel(tmp_path / "wheels", "nutrino_newer_glibc", "cp312-cp312-manylinux_2_35_x86_64")
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"{ROOT / '.wheelhouse'} {tmp_path / 'wheels'}", "NUTRINO_APP_DIR": str(app)}
+    p = run([BIN / "nutrino-ml", "package", tmp_path / "out", "--no-bytecode"], env=env, check=False)
+    assert p.returncode == 2 and expect in p.stdout and "Traceback" not in p.stdout, p.stdout
 
 
 def test_package_fits_chalice_deploy_limits(package):
@@ -125,6 +154,38 @@ def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
     assert len(answers[0]["body"]["predictions"]) == len(examples["glucose-response"])
     assert "field 'user_id' must be a non-empty string" in answers[2]["body"]["Message"]
     assert imported == []
+
+
+COLD = r'''
+import importlib.machinery as M, json, sys
+compiled, source_to_code = [], M.SourceFileLoader.source_to_code
+M.SourceFileLoader.source_to_code = lambda self, data, path, **kw: compiled.append(path) or source_to_code(self, data, path, **kw)
+sys.path.insert(0, ".")
+import app
+for versions in app.models.manifests.values():
+    for m in versions.values(): app.models.predictor(m)
+import nutrino_ml.stream, nutrino_ml.online
+print(json.dumps({"compiled": compiled}))
+'''
+
+
+def test_cold_start_compiles_nothing_the_package_carries_bytecode_for(package):
+    """Lambda's /var/task is read-only: without .pyc every cold start compiles each module it imports (~half of it).
+    `nutrino-ml package` adds unchecked-hash .pyc for the cold path; with them, importing the app, loading every version
+    and the stream runtime compiles no module (-B: nothing written, as on a read-only disk)."""
+    d = package["tmp"] / "unzipped-cold"
+    zipfile.ZipFile(package["out"] / "deployment.zip").extractall(d)
+    for f in d.rglob("*.py"):  # a zip's timestamps mean nothing to an unchecked-hash pyc
+        os.utime(f, (2_000_000_000, 2_000_000_000))
+    p = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", COLD], cwd=d, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["compiled"] == []
+    names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
+    tag = sys.implementation.cache_tag
+    for mod in ("app", "nutrino_ml/__pycache__/serving", "numpy/__pycache__/__init__", "onnxruntime/__pycache__/__init__", "chalice/__pycache__/app"):
+        want = f"__pycache__/{mod}.{tag}.pyc" if "/" not in mod else f"{mod}.{tag}.pyc"
+        assert want in names, want
+    assert not [n for n in names if "/tests/" in n and n.endswith(".pyc")]
 
 
 STREAM = r'''
