@@ -12,7 +12,7 @@ Bundles live in chalicelib/models (written by `nutrino-ml export`); the runtime 
 vendor/nutrino_ml in the Lambda package and from the installed library under `chalice local`. Where the store, the
 stream and the dead letters are comes from the settings (NUTRINO_* variables, set per stage in .chalice/config.json).
 """
-import base64, json, os
+import base64, os
 
 # Nothing phones home, whatever imports later.
 for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
@@ -26,8 +26,8 @@ from chalice.app import _matches_content_type
 
 from nutrino_ml.config import load_settings
 from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
-from nutrino_ml.serving import (InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
-                                check_size)
+from nutrino_ml.serving import (MAX_BODY_BYTES, InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
+                                check_size, json_encoder)
 
 SETTINGS = load_settings()
 REGION = os.environ.get("AWS_REGION") or SETTINGS.region  # in Lambda: the function's own region
@@ -60,7 +60,7 @@ class ServingApp(Chalice):
 app = ServingApp(app_name="nutrino-serving")
 models = ServedModels(Path(__file__).parent / "chalicelib" / "models", store=open_online_store)
 FAST_ROUTES = {"/models/{name}/predict", "/models/{name}/versions/{version}/predict"}
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # what Chalice's Response.to_dict writes
+_encode = json_encoder(separators=(",", ":"))  # what Chalice's Response.to_dict writes (json.dumps, these separators)
 
 # Who may call the model routes is chosen per stage: .chalice/config.json sets API_AUTH, and Chalice sets a
 # stage's environment before it imports this module to deploy or package it. `prod` requires an API key
@@ -100,16 +100,20 @@ def _guard(shape, call):
 
 def _fast_predict(event, ctx):
     """The native predict routes on the raw API Gateway event; None hands the request to Chalice."""
-    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    content_type = headers.get("content-type", "application/json")
+    content_type, pin = "application/json", None
+    for k, v in (event.get("headers") or {}).items():  # the two headers we read, in any case (a client sends ~10-20)
+        k = k.lower()
+        if k == "content-type": content_type = v
+        elif k == "x-model-version": pin = v
     if content_type != "application/json" and not _matches_content_type(content_type, ["application/json"]):
         return None
     params, body = event.get("pathParameters") or {}, event.get("body")
     try:
-        if body is not None:  # bytes, as Chalice's raw_body: the size limit counts bytes
-            body = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode() if isinstance(body, str) else body
+        if body is not None:  # the size limit counts bytes, as of Chalice's raw_body; a str under a quarter of it cannot be over
+            if event.get("isBase64Encoded"): body = base64.b64decode(body)
+            elif isinstance(body, str) and len(body) * 4 > MAX_BODY_BYTES: body = body.encode()
         check_size(body)
-        answer = models.predict(params["name"], body, params.get("version") or headers.get("x-model-version"), ctx.get("requestId"))
+        answer = models.predict(params["name"], body, params.get("version") or pin, ctx.get("requestId"))
     except (InputError, ModelNotFound, ModelUnavailable) as e:
         return {"headers": {}, "multiValueHeaders": {}, "statusCode": _status(e), "body": _encode(_error_body(_status(e), str(e), "native"))}
     except Exception:

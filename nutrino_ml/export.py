@@ -10,7 +10,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
 from . import serving
-from .config import TELEMETRY_OFF, load_settings
+from .config import TELEMETRY_OFF, find_settings_file, load_settings
 from .registry import resolve_policy
 from .bundle import feature_set_ref
 
@@ -240,6 +240,8 @@ def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chali
         merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
         cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
         env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region}
+        settings = find_settings_file() or find_settings_file(app_dir)  # chalice imports app.py from the copy, outside the project
+        if settings: env["NUTRINO_SETTINGS"] = str(settings)
         r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
     log = (r.stdout + r.stderr).strip()
     if r.returncode: raise PackageError(f"chalice package failed (exit {r.returncode}): {log.splitlines()[-1] if log else ''}")

@@ -11,9 +11,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'SMALL_BATCH', 'FORMATS', 'BUCKETS', 'InputError', 'ModelNotFound',
            'ModelUnavailable', 'PayloadTooLarge', 'EntityNotFound', 'check_size', 'sha256_file', 'seal_bundle',
-           'verify_bundle', 'validate_rows', 'decode_json', 'parse_body', 'ForecastKernel', 'ForecasterPredictor',
-           'OnnxPredictor', 'bucket', 'choose', 'load_policy', 'print_json_line', 'utc_now', 'entity_of',
-           'ServedModels']
+           'verify_bundle', 'validate_rows', 'json_encoder', 'json_loads', 'decode_json', 'parse_body',
+           'ForecastKernel', 'ForecasterPredictor', 'OnnxPredictor', 'bucket', 'choose', 'load_policy',
+           'print_json_line', 'utc_now', 'entity_of', 'ServedModels']
 
 # %% ../nbs/04_serving.ipynb #e7d25dec
 class InputError(ValueError):
@@ -97,30 +97,69 @@ def validate_rows(rows:list,    # JSON rows, one object per prediction
     "One list per schema field (floats, or strings); raises `InputError` on the first problem."
     if not isinstance(rows, list) or not rows: raise InputError(f"expected a non-empty list of rows, got {_type_name(rows) if not isinstance(rows, list) else 'an empty list'}")
     if len(rows) > max_rows: raise InputError(f"{len(rows)} rows in one request; send at most {max_rows}")
-    names = [f["name"] for f in inputs]
-    cols = {n: [] for n in names}
-    plan = [(f["name"], f["type"] == "double", cols[f["name"]].append, f) for f in inputs]
+    names, fields, plan = _plan(inputs)
+    values = []
     for i, row in enumerate(rows):
         if type(row) is not dict: raise InputError(f"row {i}: expected an object with fields {names}, got {_type_name(row)}")
-        if len(row) > len(cols) or not row.keys() <= cols.keys():
-            extra = [k for k in row if k not in cols][0]
+        if len(row) > len(fields) or not row.keys() <= fields:
+            extra = [k for k in row if k not in fields][0]
             raise InputError(f"row {i}: unknown field '{extra}'; this version takes {names}", extra)
-        for name, double, add, f in plan:
+        vals = []
+        for name, double, f in plan:
             v = row.get(name)
             # the common cases inline: a finite float (v - v is NaN for inf and NaN) or a non-empty string
-            if double and type(v) is float and v - v == 0.0: add(v)
-            elif not double and type(v) is str and v: add(v)
-            else: add(_field_value(row, i, f))
-    return cols
+            if double and type(v) is float and v - v == 0.0: vals.append(v)
+            elif not double and type(v) is str and v: vals.append(v)
+            else: vals.append(_field_value(row, i, f))
+        values.append(vals)
+    return dict(zip(names, map(list, zip(*values))))
+
+_plans = {}
+
+def _plan(inputs:list) -> tuple:
+    "`(names, their set, [(name, is double, field)])` of a schema, worked out once per schema object."
+    p = _plans.get(id(inputs))
+    if p is None or p[0] is not inputs:
+        if len(_plans) > 256: _plans.clear()  # schemas are the served manifests' (long-lived); this only bounds odd callers
+        names = [f["name"] for f in inputs]
+        p = _plans[id(inputs)] = (inputs, names, {n: None for n in names}.keys(), [(f["name"], f["type"] == "double", f) for f in inputs])
+    return p[1:]
 
 # %% ../nbs/04_serving.ipynb #88f0646d
 _SHAPE = 'send JSON {"rows": [{"field": value, ...}, ...]}'
 
+def json_encoder(**kw):
+    "`json.JSONEncoder(**kw).encode`, same output, with its C encoder built once (`encode` builds one per call: ~2 µs)."
+    e, enc = json.JSONEncoder(check_circular=False, **kw), json.encoder
+    if enc.c_make_encoder is None or e.indent is not None: return e.encode
+    try: c = enc.c_make_encoder(None, e.default, enc.encode_basestring_ascii if e.ensure_ascii else enc.encode_basestring, e.indent,
+                                e.key_separator, e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan)
+    except TypeError: return e.encode  # another Python's C encoder signature
+    probe = {"a": [1.5, -0.0, 10**30, "é\n", None, True], "b": {"c": 1e-7}}
+    if "".join(c(probe, 0)) != e.encode(probe): return e.encode
+    def encode(o, _c=c, _join="".join, _encode=e.encode):
+        "JSON text of `o`."
+        return _join(_c(o, 0)) if type(o) is dict or type(o) is list else _encode(o)
+    return encode
+
+_encode = json_encoder(separators=(",", ":"))  # one encoder for every line and answer body
+
+_scan = json.JSONDecoder().scan_once
+
+def json_loads(s):
+    "`json.loads(s)`; for text that starts with `{` or `[` and has nothing after its value, one scan and no whitespace passes."
+    if type(s) is str and s[:1] in ("{", "["):
+        try:
+            obj, end = _scan(s, 0)
+            if end == len(s): return obj
+        except (StopIteration, ValueError): pass  # let json.loads say what is wrong
+    return json.loads(s)
+
 def decode_json(body):
     "A raw request body (bytes/str) parsed as JSON (None when empty); parsed values pass through."
     if not isinstance(body, (bytes, str)): return body
-    if not body.strip(): return None
-    try: return json.loads(body)
+    if not body or body.isspace(): return None
+    try: return json_loads(body)
     except ValueError as e: raise InputError(f"request body is not valid JSON ({e}); {_SHAPE}") from None
 
 def parse_body(body) -> list:
@@ -216,8 +255,6 @@ def load_policy(path:Path, name:str, versions:dict) -> dict:
 def _versions_text(versions:dict) -> str:
     al = {a: v for v, m in versions.items() for a in m.get("aliases", [])}
     return f"served versions: {sorted(versions)}, aliases: {al or 'none'}"
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every line, not one per json.dumps call
 
 def print_json_line(record:dict):
     "Write `record` as one JSON line on stdout (CloudWatch Logs in Lambda), flushed, in one write."

@@ -1,7 +1,8 @@
 """Warm per-request latency of the Lambda package, run INSIDE the unzipped `chalice package` output.
 
-Started by bench/serving/run.py as `python -I -S lambda_worker.py ROWS OUT N_WARM N_REQ` with cwd = the unzipped
-deployment.zip: no site-packages, only what the zip holds (as in Lambda). Standard library only besides the package.
+Started by bench/serving/run.py as `python -I -S -B lambda_worker.py ROWS OUT N_WARM N_REQ [details]` with cwd = the
+unzipped deployment.zip: no site-packages, only what the zip holds (as in Lambda); `details` adds the pieces of a
+request and a cProfile (the first round only). Standard library only besides the package.
 Prints the app's JSON log lines to stdout (a pipe read by the parent, like Lambda's stdout -> CloudWatch); writes
 its measurements as JSON to OUT.
 """
@@ -18,6 +19,7 @@ from nutrino_ml import serving  # noqa: E402  the vendored copy the package carr
 from chalice import Chalice  # noqa: E402  the runtime copy the package carries
 
 rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+DETAILS = sys.argv[5:6] == ["details"]
 CASES = json.loads(open(rows_file).read())
 now = time.perf_counter_ns
 ROUNDS = 5
@@ -77,6 +79,9 @@ for name, case in CASES.items():
         r["samples_ns"]["chalice_log"] += timed(chalice_dispatch, events, per)
     app.models.log = nolog
     r["n"] = per * ROUNDS
+    result["models"][name] = r
+    if not DETAILS:
+        continue
 
     # pieces of one request (logging off), to show where the time goes
     m = app.models.resolve(name)
@@ -104,13 +109,12 @@ for name, case in CASES.items():
         pieces["ForecastKernel.predict_list only"] = timed(
             lambda c: pred.kernel.predict_list(c["user_id"], c["glucose_mgdl"], c["glucose_trend"]), cols, n_req)
     r["pieces_ns"] = pieces
-    result["models"][name] = r
 
 result["rss_after_warm_mib"], result["vmhwm_after_warm_mib"] = rss_mib(), vmhwm_mib()
 
 # cProfile of the deployed configuration (logging on), per model: where a warm request spends its time
 app.models.log = LOG
-for name, case in CASES.items():
+for name, case in CASES.items() if DETAILS else ():
     events = [(event(name, json.dumps({"rows": [r]})), None) for r in case["rows"]]
     prof = cProfile.Profile()
     prof.enable()
