@@ -37,7 +37,7 @@ LAMBDA_ZIP_LIMIT, LAMBDA_UNZIPPED_LIMIT = 50 * MiB, 250 * MiB
 
 # warm_rounds: the Lambda worker and the pyfunc worker take turns, each round a fresh process of each, so that a
 # change of the machine's speed during the run (this VM varies ~2x) falls on both sides alike
-FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, warm_rounds=4, n_http=400, http_warm=30, cold_runs=5)
+FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, warm_rounds=6, n_http=400, http_warm=30, cold_runs=5)
 QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=500, n_pyfunc=300, warm_rounds=2, n_http=100, http_warm=10, cold_runs=3)
 
 PROCS: list[subprocess.Popen] = []   # long-running servers started here; stopped in `finally`
