@@ -208,11 +208,19 @@ def add_bytecode(zip_path:Path, modules:list|None=None) -> dict:
                 modules = [n for n in names if n.endswith(".py") and "tests" not in n.split("/")[:-1]]
         added = []
         with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as z:
-            for rel in sorted(modules):
-                pyc = importlib.util.cache_from_source(rel)
-                if pyc in names: continue
-                py_compile.compile(str(root/rel), cfile=str(root/pyc), dfile=rel, doraise=True,
-                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for rel in sorted(set(modules)):
+                # where Lambda's python looks: not cache_from_source, which follows this process's -O and PYTHONPYCACHEPREFIX
+                d, stem = rel.rpartition("/")[0], rel.rpartition("/")[2][:-3]
+                pyc = f"{d + '/' if d else ''}__pycache__/{stem}.{sys.implementation.cache_tag}.pyc"
+                if pyc in names:  # ours from an earlier run, if it carries this source's hash; anything else would shadow the source
+                    head, src = z.read(pyc)[:16], (root/rel).read_bytes()
+                    if head[:4] == importlib.util.MAGIC_NUMBER and head[8:16] == importlib.util.source_hash(src): continue
+                    raise PackageError(f"{zip_path}: {pyc} is not the bytecode of {rel} as it is now; rebuild the package")
+                try: py_compile.compile(str(root/rel), cfile=str(root/pyc), dfile=rel, doraise=True,
+                                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                except py_compile.PyCompileError:
+                    if how == "cold path": raise
+                    continue  # compiling everything: a file this Python cannot compile stays source, as it would be
                 info = zipfile.ZipInfo(pyc, date_time=(2020, 1, 1, 0, 0, 0))
                 info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
                 z.writestr(info, (root/pyc).read_bytes())
@@ -236,7 +244,9 @@ def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chali
     app_dir, out = Path(app_dir).resolve(), Path(out).resolve()
     with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
         src = Path(td)/"app"
-        shutil.copytree(app_dir, src, ignore=shutil.ignore_patterns("__pycache__", "deployments", "venv"))
+        # no bytecode, and not chalice's own local state (.chalice/deployments, .chalice/venv)
+        shutil.copytree(app_dir, src, ignore=lambda d, names: [n for n in names if n == "__pycache__" or
+                                                              (Path(d).name == ".chalice" and n in ("deployments", "venv"))])
         merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
         cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
         env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region}

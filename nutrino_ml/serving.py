@@ -130,8 +130,8 @@ _SHAPE = 'send JSON {"rows": [{"field": value, ...}, ...]}'
 
 def json_encoder(**kw):
     "`json.JSONEncoder(**kw).encode`, same output, with its C encoder built once (`encode` builds one per call: ~2 µs)."
-    e, enc = json.JSONEncoder(check_circular=False, **kw), json.encoder
-    if enc.c_make_encoder is None or e.indent is not None: return e.encode
+    e, enc = json.JSONEncoder(**{"check_circular": False, **kw}), json.encoder  # our answers and records hold no cycles
+    if enc.c_make_encoder is None or e.indent is not None or e.check_circular: return e.encode
     try: c = enc.c_make_encoder(None, e.default, enc.encode_basestring_ascii if e.ensure_ascii else enc.encode_basestring, e.indent,
                                 e.key_separator, e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan)
     except TypeError: return e.encode  # another Python's C encoder signature
@@ -158,9 +158,11 @@ def json_loads(s):
 def decode_json(body):
     "A raw request body (bytes/str) parsed as JSON (None when empty); parsed values pass through."
     if not isinstance(body, (bytes, str)): return body
+    if type(body) is str and body[:1] == "\ufeff": body = body[1:]  # a UTF-8 BOM, as json.loads(bytes) drops it
     if not body or body.isspace(): return None
     try: return json_loads(body)
     except ValueError as e: raise InputError(f"request body is not valid JSON ({e}); {_SHAPE}") from None
+    except RecursionError: raise InputError(f"request body is nested too deeply to be rows; {_SHAPE}") from None
 
 def parse_body(body) -> list:
     "The rows of a request body: raw JSON bytes/text, or already parsed JSON."
