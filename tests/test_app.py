@@ -141,6 +141,9 @@ def test_fast_predict_path_answers_exactly_as_chalice_does(built):
         rest_event("/models/nope/predict", one, {"name": "nope"}, body),
         rest_event("/models/glucose-response/versions/9/predict", pinned, {"name": "glucose-response", "version": "9"}, body),
         rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"X-Model-Version": "rollback"}),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "\ufeff" + body),    # a UTF-8 BOM
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" * 100_000),  # nested past the recursion limit
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"content-type": "application/json", "x-model-version": "1"}),
     ]
     statuses = []
     for ev in events:
@@ -149,7 +152,7 @@ def test_fast_predict_path_answers_exactly_as_chalice_does(built):
         assert getattr(app, "current_request", None) is None  # answered before Chalice built a Request
         assert fast == Chalice.__call__(app, ev, None), ev["path"]
         statuses.append(fast["statusCode"])
-    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404]
+    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404, 200, 400, 200]
     # a content type the route does not take goes through Chalice: 415, as before
     ev = rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "text/csv"})
     assert app(ev, None)["statusCode"] == 415
