@@ -27,7 +27,7 @@ from chalice.app import _matches_content_type
 from nutrino_ml.config import load_settings
 from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
 from nutrino_ml.serving import (MAX_BODY_BYTES, InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
-                                check_size, json_encoder)
+                                check_size, encode_json)
 
 SETTINGS = load_settings()
 REGION = os.environ.get("AWS_REGION") or SETTINGS.region  # in Lambda: the function's own region
@@ -60,7 +60,6 @@ class ServingApp(Chalice):
 app = ServingApp(app_name="nutrino-serving")
 models = ServedModels(Path(__file__).parent / "chalicelib" / "models", store=open_online_store)
 FAST_ROUTES = {"/models/{name}/predict", "/models/{name}/versions/{version}/predict"}
-_encode = json_encoder(separators=(",", ":"))  # what Chalice's Response.to_dict writes (json.dumps, these separators)
 
 # Who may call the model routes is chosen per stage: .chalice/config.json sets API_AUTH, and Chalice sets a
 # stage's environment before it imports this module to deploy or package it. `prod` requires an API key
@@ -115,12 +114,12 @@ def _fast_predict(event, ctx):
         check_size(body)
         answer = models.predict(params["name"], body, params.get("version") or pin, ctx.get("requestId"))
     except (InputError, ModelNotFound, ModelUnavailable) as e:
-        return {"headers": {}, "multiValueHeaders": {}, "statusCode": _status(e), "body": _encode(_error_body(_status(e), str(e), "native"))}
+        return {"headers": {}, "multiValueHeaders": {}, "statusCode": _status(e), "body": encode_json(_error_body(_status(e), str(e), "native"))}
     except Exception:
         app.log.exception("Caught exception for predict")
         return {"headers": {}, "multiValueHeaders": {}, "statusCode": 500,
-                "body": _encode({"Code": "InternalServerError", "Message": "An internal server error occurred."})}
-    return {"headers": {"X-Model-Version": str(answer["version"])}, "multiValueHeaders": {}, "statusCode": 200, "body": _encode(answer)}
+                "body": encode_json({"Code": "InternalServerError", "Message": "An internal server error occurred."})}
+    return {"headers": {"X-Model-Version": str(answer["version"])}, "multiValueHeaders": {}, "statusCode": 200, "body": encode_json(answer)}
 
 
 def _pin(version=None):

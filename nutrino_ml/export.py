@@ -225,7 +225,7 @@ def add_bytecode(zip_path:Path, modules:list|None=None) -> dict:
                 info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
                 z.writestr(info, (root/pyc).read_bytes())
                 added.append(pyc)
-    return {"how": how, "modules": len(added), "python": f"cpython-{sys.version_info[0]}{sys.version_info[1]}"}
+    return {"how": how, "modules": len(added)}
 
 def check_limits(zip_path:Path) -> dict:
     "The zip's sizes; raises PackageError when it is over `chalice deploy`'s limits."

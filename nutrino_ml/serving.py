@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'SMALL_BATCH', 'FORMATS', 'BUCKETS', 'InputError', 'ModelNotFound',
-           'ModelUnavailable', 'PayloadTooLarge', 'EntityNotFound', 'check_size', 'sha256_file', 'seal_bundle',
-           'verify_bundle', 'validate_rows', 'json_encoder', 'json_loads', 'decode_json', 'parse_body',
+__all__ = ['MAX_BODY_BYTES', 'MANIFEST', 'MAX_ROWS', 'encode_json', 'SMALL_BATCH', 'FORMATS', 'BUCKETS', 'InputError',
+           'ModelNotFound', 'ModelUnavailable', 'PayloadTooLarge', 'EntityNotFound', 'check_size', 'sha256_file',
+           'seal_bundle', 'verify_bundle', 'validate_rows', 'json_encoder', 'json_loads', 'decode_json', 'parse_body',
            'ForecastKernel', 'ForecasterPredictor', 'OnnxPredictor', 'bucket', 'choose', 'load_policy',
            'print_json_line', 'utc_now', 'entity_of', 'ServedModels']
 
@@ -142,7 +142,7 @@ def json_encoder(**kw):
         return _join(_c(o, 0)) if type(o) is dict or type(o) is list else _encode(o)
     return encode
 
-_encode = json_encoder(separators=(",", ":"))  # one encoder for every line and answer body
+encode_json = json_encoder(separators=(",", ":"))  # compact JSON, as Chalice writes answers: every log line and answer body
 
 _scan = json.JSONDecoder().scan_once
 
@@ -280,7 +280,7 @@ def _versions_text(versions:dict) -> str:
 
 def print_json_line(record:dict):
     "Write `record` as one JSON line on stdout (CloudWatch Logs in Lambda), flushed, in one write."
-    sys.stdout.write(_encode(record) + "\n"); sys.stdout.flush()
+    sys.stdout.write(encode_json(record) + "\n"); sys.stdout.flush()
 
 _second = [0, ""]
 
