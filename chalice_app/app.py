@@ -27,7 +27,7 @@ from chalice.app import _matches_content_type
 from nutrino_ml.config import load_settings
 from nutrino_ml.protocols import mlflow_invoke, oip_infer, oip_metadata
 from nutrino_ml.serving import (MAX_BODY_BYTES, InputError, ModelNotFound, ModelUnavailable, PayloadTooLarge, ServedModels,
-                                check_size, encode_json)
+                                answer_json, check_size, encode_json)
 
 SETTINGS = load_settings()
 REGION = os.environ.get("AWS_REGION") or SETTINGS.region  # in Lambda: the function's own region
@@ -119,7 +119,7 @@ def _fast_predict(event, ctx):
         app.log.exception("Caught exception for predict")
         return {"headers": {}, "multiValueHeaders": {}, "statusCode": 500,
                 "body": encode_json({"Code": "InternalServerError", "Message": "An internal server error occurred."})}
-    return {"headers": {"X-Model-Version": str(answer["version"])}, "multiValueHeaders": {}, "statusCode": 200, "body": encode_json(answer)}
+    return {"headers": {"X-Model-Version": str(answer["version"])}, "multiValueHeaders": {}, "statusCode": 200, "body": answer_json(answer)}
 
 
 def _pin(version=None):

@@ -2,7 +2,7 @@
 
 Standard library only: the workers import it from a bare interpreter (`python -I -S`) inside the unzipped package.
 """
-import time
+import os, select, time
 
 
 def api_event(name, body, request_id="bench-request"):
@@ -23,3 +23,25 @@ def timed(fn, args_list, n):
         a = args_list[i % k]
         t = now(); fn(*a); out.append(now() - t)
     return out
+
+
+class Turns:
+    """Two workers taking turns, through two FIFOs made by run.py: `take()` waits for this worker's turn, `give()`
+    hands it over. The Lambda worker and the pyfunc worker alternate short blocks of requests this way, so both
+    sample the same minutes of the machine (this VM's speed changes over minutes). With no FIFOs, both are no-ops."""
+    def __init__(self, mine=None, theirs=None, timeout_s=900):
+        # O_RDWR: opening a FIFO so does not wait for the other end, and a token given after the other worker
+        # has exited is not an error
+        self.fds = (os.open(mine, os.O_RDWR), os.open(theirs, os.O_RDWR)) if mine else None
+        self.timeout_s, self.taken = timeout_s, 0
+
+    def take(self):
+        if self.fds:
+            if not select.select([self.fds[0]], [], [], self.timeout_s)[0]:
+                raise SystemExit(f"no turn came in {self.timeout_s} s: the other worker is gone")
+            os.read(self.fds[0], 1)
+            self.taken += 1
+
+    def give(self):
+        if self.fds:
+            os.write(self.fds[1], b"t")

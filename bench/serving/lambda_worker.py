@@ -1,8 +1,10 @@
 """Warm per-request latency of the Lambda package, run INSIDE the unzipped `chalice package` output.
 
-Started by bench/serving/run.py as `python -I -S -B lambda_worker.py ROWS OUT N_WARM N_REQ [details]` with cwd = the
-unzipped deployment.zip: no site-packages, only what the zip holds (as in Lambda); `details` adds the pieces of a
-request and a cProfile (the first round only). Standard library only besides the package.
+Started by bench/serving/run.py as `python -I -S -B lambda_worker.py ROWS OUT N_WARM N_REQ details|- [BLOCKS MINE THEIRS]`
+with cwd = the unzipped deployment.zip: no site-packages, only what the zip holds (as in Lambda); `details` adds the
+pieces of a request and a cProfile (the first round only). With BLOCKS and two FIFOs, it takes turns with the pyfunc
+worker (common.Turns): its import, its warm-up and each of BLOCKS blocks of requests are one turn. Standard library
+only besides the package.
 Prints the app's JSON log lines to stdout (a pipe read by the parent, like Lambda's stdout -> CloudWatch); writes
 its measurements as JSON to OUT.
 """
@@ -10,7 +12,12 @@ import os, cProfile, io, json, pstats, resource, sys, time
 
 sys.path.insert(0, ".")
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder off the path
-from common import api_event as event, timed  # noqa: E402
+from common import Turns, api_event as event, timed  # noqa: E402
+rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+DETAILS = sys.argv[5:6] == ["details"]
+BLOCKS = int(sys.argv[6]) if len(sys.argv) > 6 else 5
+TURNS = Turns(*sys.argv[7:9])
+TURNS.take()
 t0 = time.perf_counter()
 import app  # noqa: E402  the deployed module: Chalice app + ServedModels over chalicelib/models
 IMPORT_S = time.perf_counter() - t0
@@ -18,11 +25,9 @@ IMPORT_S = time.perf_counter() - t0
 from nutrino_ml import serving  # noqa: E402  the vendored copy the package carries
 from chalice import Chalice  # noqa: E402  the runtime copy the package carries
 
-rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-DETAILS = sys.argv[5:6] == ["details"]
 CASES = json.loads(open(rows_file).read())
 now = time.perf_counter_ns
-ROUNDS = 5
+VARIANTS = ("handler_log", "handler_nolog", "direct_nolog", "direct_log", "chalice_log")
 
 
 def rss_mib():
@@ -48,6 +53,7 @@ result = {"import_app_s": IMPORT_S, "rss_after_import_mib": rss_mib(), "vmhwm_af
           "python": sys.version, "flags": {"isolated": sys.flags.isolated, "no_site": sys.flags.no_site},
           "site_loaded": "site" in sys.modules, "models": {}}
 
+SETUP = {}
 for name, case in CASES.items():
     bodies = [json.dumps({"rows": [r]}) for r in case["rows"]]
     events = [(event(name, b), None) for b in bodies]
@@ -61,34 +67,45 @@ for name, case in CASES.items():
     assert all(a["version"] == 1 for a in answers), answers[0]
     preds = [a["predictions"][0] for a in answers]
     timed(app.app, events, n_warm)
-    r = {"first_request_ns": first_ns, "predictions": preds, "n": n_req, "rounds": ROUNDS,
-         "samples_ns": {k: [] for k in ("handler_log", "handler_nolog", "direct_nolog", "direct_log", "chalice_log")}}
-    # interleaved rounds, so a drift of the machine during the run does not favour one variant
-    per = -(-n_req // ROUNDS)
-    for _ in range(ROUNDS):
+    SETUP[name] = bodies, events, direct
+    result["models"][name] = {"first_request_ns": first_ns, "predictions": preds, "n": 0, "blocks": BLOCKS,
+                              "samples_ns": {k: [] for k in VARIANTS}, "block_p50_us": {k: [] for k in VARIANTS}}
+app.models.log = nolog
+TURNS.give()
+
+# BLOCKS turns; in each, per model, every variant in turn, so that a drift of the machine does not favour one of them
+per = -(-n_req // BLOCKS)
+for b in range(BLOCKS):
+    TURNS.take()
+    for name, (bodies, events, direct) in SETUP.items():
+        r, got = result["models"][name], {}
         # (i) Lambda handler, logging on (the deployed configuration), then with app.models.log -> no-op
         app.models.log = LOG
-        r["samples_ns"]["handler_log"] += timed(app.app, events, per)
+        got["handler_log"] = timed(app.app, events, per)
         app.models.log = nolog
-        r["samples_ns"]["handler_nolog"] += timed(app.app, events, per)
+        got["handler_nolog"] = timed(app.app, events, per)
         # (ii) ServedModels.predict directly (the object the handler uses), both ways
-        r["samples_ns"]["direct_nolog"] += timed(app.models.predict, direct, per)
+        got["direct_nolog"] = timed(app.models.predict, direct, per)
         app.models.log = LOG
-        r["samples_ns"]["direct_log"] += timed(app.models.predict, direct, per)
+        got["direct_log"] = timed(app.models.predict, direct, per)
         # (iii) the same route through Chalice's own dispatch (Request, middleware, Response), without the fast path
-        r["samples_ns"]["chalice_log"] += timed(chalice_dispatch, events, per)
-    app.models.log = nolog
-    r["n"] = per * ROUNDS
-    result["models"][name] = r
-    if not DETAILS:
-        continue
+        got["chalice_log"] = timed(chalice_dispatch, events, per)
+        app.models.log = nolog
+        for k, v in got.items():
+            r["samples_ns"][k] += v
+            r["block_p50_us"][k].append(sorted(v)[len(v) // 2] / 1e3)
+        r["n"] += per
+    if b < BLOCKS - 1:
+        TURNS.give()   # the last turn goes on: the details below are measured before handing over
 
+for name, (bodies, events, direct) in SETUP.items() if DETAILS else ():
+    r, preds = result["models"][name], result["models"][name]["predictions"]
     # pieces of one request (logging off), to show where the time goes
     m = app.models.resolve(name)
     pred = app.models.predictor(m)
     parsed = [(json.loads(b)["rows"],) for b in bodies]
     cols = [(serving.validate_rows(p[0], m["inputs"]),) for p in parsed]
-    rec = serving._record("bench-request", name, 1, "production", False, time.perf_counter(), None, preds[:1])
+    line = serving.prediction_line("bench-request", name, 1, "production", False, 0.012, None, preds[:1]) + "\n"
     pieces = {
         "json.loads(body)": timed(json.loads, [(b,) for b in bodies], n_req),
         "decode_json+parse_body": timed(lambda b: serving.parse_body(serving.decode_json(b)), [(b,) for b in bodies], n_req),
@@ -97,9 +114,9 @@ for name, case in CASES.items():
         "validate_rows": timed(lambda rows: serving.validate_rows(rows, m["inputs"]), parsed, n_req),
         "predictor.predict": timed(pred.predict, cols, n_req),
         "score() (validate+predict)": timed(lambda rows: app.models.score(m, rows, None), parsed, n_req),
-        "_record() (log dict, strftime)": timed(lambda: serving._record("bench-request", name, 1, "production", False,
-                                                                      time.perf_counter(), None, preds[:1]), [()], n_req),
-        "print_json_line (encode+write+flush)": timed(LOG, [(rec,)], n_req),
+        "prediction_line() (the log line)": timed(lambda: serving.prediction_line("bench-request", name, 1, "production", False,
+                                                                                  0.012, None, preds[:1]), [()], n_req),
+        "stdout write+flush of the line": timed(lambda: (sys.stdout.write(line), sys.stdout.flush()), [()], n_req),
     }
     if hasattr(pred, "session"):
         import numpy as np
@@ -128,3 +145,4 @@ for name, case in CASES.items() if DETAILS else ():
 
 with open(out_file, "w") as f:
     json.dump(result, f)
+TURNS.give()

@@ -18,7 +18,7 @@ bench/README.md between `<!-- serving:start -->` and `<!-- serving:end -->`. Eve
 """
 from __future__ import annotations
 
-import argparse, datetime, http.client, json, math, os, re, shutil, signal, socket, statistics, subprocess
+import argparse, concurrent.futures, datetime, http.client, json, math, os, re, shutil, signal, socket, statistics, subprocess
 import sys, tempfile, time, urllib.request, zipfile
 from pathlib import Path
 
@@ -35,10 +35,13 @@ TABLE = {"glucose-response": "meal_response", "glucose-forecast": "glucose_forec
 MiB = 1024 * 1024
 LAMBDA_ZIP_LIMIT, LAMBDA_UNZIPPED_LIMIT = 50 * MiB, 250 * MiB
 
-# warm_rounds: the Lambda worker and the pyfunc worker take turns, each round a fresh process of each, so that a
-# change of the machine's speed during the run (this VM varies ~2x) falls on both sides alike
-FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, warm_rounds=6, n_http=400, http_warm=30, cold_runs=5)
-QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=500, n_pyfunc=300, warm_rounds=2, n_http=100, http_warm=10, cold_runs=3)
+# warm_rounds x warm_blocks: each round starts a fresh Lambda worker and a fresh pyfunc worker side by side, and they
+# take turns, block by block (a block is ~0.1-0.5 s), so that a change of the machine's speed during the run (this
+# VM's varies ~2x over minutes) falls on both sides alike
+FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, warm_rounds=3, warm_blocks=10, n_http=400, http_warm=30,
+            cold_runs=5)
+QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=500, n_pyfunc=300, warm_rounds=2, warm_blocks=3, n_http=100, http_warm=10,
+             cold_runs=3)
 
 PROCS: list[subprocess.Popen] = []   # long-running servers started here; stopped in `finally`
 
@@ -211,10 +214,11 @@ class Launcher:
 
 
 LAUNCHER: Launcher | None = None
+LAUNCHER2: Launcher | None = None   # a second one, for the worker that runs beside the first (warm latency)
 
 
-def launch(args, cwd, env=None, stderr=None, count=None, answer=True) -> dict:
-    r = LAUNCHER.call(args, cwd, env, stderr, count)
+def launch(args, cwd, env=None, stderr=None, count=None, answer=True, launcher=None) -> dict:
+    r = (launcher or LAUNCHER).call(args, cwd, env, stderr, count)
     if r["returncode"] or (answer and r["wall_s"] is None):
         err = Path(stderr).read_text()[-4000:] if stderr and Path(stderr).exists() else r["stdout_tail"]
         raise RuntimeError(f"{[str(a) for a in args][:4]} exited {r['returncode']}{'' if r['wall_s'] else ' without an answer'}:\n{err}")
@@ -231,6 +235,7 @@ def merge_rounds(runs: list) -> dict:
         m["samples_ns"] = {k: [x for r in runs for x in r["models"][name]["samples_ns"][k]] for k in m["samples_ns"]}
         m["n"] = sum(r["models"][name]["n"] for r in runs)
         m["round_p50_us"] = {k: [pct(r["models"][name]["samples_ns"][k], 50) / 1e3 for r in runs] for k in m["samples_ns"]}
+        m["block_p50_us"] = {k: [x for r in runs for x in r["models"][name]["block_p50_us"][k]] for k in m["samples_ns"]}
         out["models"][name] = m
     for k in ("rss_after_warm_mib", "vmhwm_after_warm_mib", "process_maxrss_mib"):
         if k in out:
@@ -241,23 +246,47 @@ def merge_rounds(runs: list) -> dict:
 def warm_latency(tmp: Path, cases: dict, cfg: dict, tracking_uri: str) -> dict:
     rows_file = tmp / "rows.json"
     rows_file.write_text(json.dumps(cases))
-    out, lam, pyf, k = {}, [], [], cfg["warm_rounds"]
+    out, lam, pyf, k, blocks = {}, [], [], cfg["warm_rounds"], cfg["warm_blocks"]
     for i in range(k):
-        log(f"warm latency, round {i + 1}/{k}: Lambda handler in the unzipped package under `python -I -S -B` ({cfg['n_req'] // k} requests per block)")
-        r = launch([PY, "-I", "-S", "-B", HERE / "lambda_worker.py", rows_file, tmp / "lambda.json", cfg["n_warm"], cfg["n_req"] // k,
-                    "details" if i == 0 else "-"], tmp / "unzipped", stderr=tmp / "lambda-worker.err", count='"event":"prediction"', answer=False)
+        log(f"warm latency, round {i + 1}/{k}: the Lambda handler in the unzipped package under `python -I -S -B` "
+            f"({cfg['n_req'] // k} requests per model and variant) and mlflow.pyfunc ({cfg['n_pyfunc'] // k} per model), "
+            f"side by side, taking turns in {blocks} blocks")
+        turns = {side: tmp / f"turn-{side}" for side in ("lambda", "pyfunc")}
+        for f in turns.values():
+            f.unlink(missing_ok=True)
+            os.mkfifo(f)
+        hold = {side: os.open(f, os.O_RDWR) for side, f in turns.items()}   # keeps a token alive until a worker reads it
+        os.write(hold["pyfunc"], b"t")   # pyfunc loads first (seconds), while the Lambda worker waits for its turn
+        jobs = {"lambda": lambda: launch([PY, "-I", "-S", "-B", HERE / "lambda_worker.py", rows_file, tmp / "lambda.json", cfg["n_warm"],
+                                          cfg["n_req"] // k, "details" if i == 0 else "-", blocks, turns["lambda"], turns["pyfunc"]],
+                                         tmp / "unzipped", stderr=tmp / "lambda-worker.err", count='"event":"prediction"', answer=False),
+                "pyfunc": lambda: launch([PY, HERE / "pyfunc_worker.py", rows_file, tmp / "pyfunc.json", cfg["n_warm"] // 5, cfg["n_pyfunc"] // k,
+                                          blocks, turns["pyfunc"], turns["lambda"]], tmp,
+                                         env={**TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri}, stderr=tmp / "pyfunc-worker.err",
+                                         answer=False, launcher=LAUNCHER2)}
+        try:
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                futs = {side: ex.submit(job) for side, job in jobs.items()}
+                done, _ = concurrent.futures.wait(futs.values(), return_when=concurrent.futures.FIRST_EXCEPTION)
+                if any(f.exception() for f in done):   # one worker failed: let the other run to its end, then report
+                    for fd in hold.values():
+                        os.write(fd, b"t" * (blocks + 2))
+                r = {side: f.result() for side, f in futs.items()}
+        finally:
+            for fd in hold.values():
+                os.close(fd)
+            for f in turns.values():
+                f.unlink(missing_ok=True)
         lam.append(json.loads((tmp / "lambda.json").read_text()))
-        lam[-1]["log_lines_on_stdout"], lam[-1]["process_maxrss_mib"] = r["counted"], r["maxrss_kib"] / 1024
-        log(f"warm latency, round {i + 1}/{k}: mlflow.pyfunc ({cfg['n_pyfunc'] // k} requests per model)")
-        r = launch([PY, HERE / "pyfunc_worker.py", rows_file, tmp / "pyfunc.json", cfg["n_warm"] // 5, cfg["n_pyfunc"] // k], tmp,
-                   env={**TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri}, stderr=tmp / "pyfunc-worker.err", answer=False)
+        lam[-1]["log_lines_on_stdout"], lam[-1]["process_maxrss_mib"] = r["lambda"]["counted"], r["lambda"]["maxrss_kib"] / 1024
         pyf.append(json.loads((tmp / "pyfunc.json").read_text()))
-        pyf[-1]["process_maxrss_mib"] = r["maxrss_kib"] / 1024
+        pyf[-1]["process_maxrss_mib"] = r["pyfunc"]["maxrss_kib"] / 1024
     out["lambda"], out["pyfunc"] = merge_rounds(lam), merge_rounds(pyf)
     out["lambda"]["log_lines_on_stdout"] = sum(r["log_lines_on_stdout"] for r in lam)
-    # pyfunc p50 ÷ handler p50 of the same round: the two processes ran back to back
-    out["round_ratios"] = {name: [p / h for p, h in zip(out["pyfunc"]["models"][name]["round_p50_us"]["pyfunc_predict"],
-                                                       out["lambda"]["models"][name]["round_p50_us"]["handler_log"])] for name in MODELS}
+    # pyfunc p50 ÷ handler p50 of the same round, and of each pair of blocks (a pyfunc block, then the Lambda block after it)
+    ratios = lambda key: {name: [p / h for p, h in zip(out["pyfunc"]["models"][name][key]["pyfunc_predict"],  # noqa: E731
+                                                       out["lambda"]["models"][name][key]["handler_log"])] for name in MODELS}
+    out["round_ratios"], out["block_ratios"] = ratios("round_p50_us"), ratios("block_p50_us")
     # same answers? (ONNX trees run in float32: ~1e-5 mg/dL)
     out["max_abs_diff_vs_pyfunc"] = {m: max(abs(a - b) for a, b in zip(out["lambda"]["models"][m]["predictions"],
                                                                        out["pyfunc"]["models"][m]["predictions"]))
@@ -477,11 +506,12 @@ def evaluate(res: dict) -> list:
         T.append({"id": f"handler_p50/{name}", "what": f"handler p50, warm, 1 row, `{name}`, logging on as deployed (logging off: {hq:.0f} µs)",
                   "value": f"{h:.0f} µs", "target": "≤ 100 µs", "met": h <= 100, "measured": h, "measured_logging_off": hq})
         ratio, ratio_q = pyf["p50_us"] / h, pyf["p50_us"] / hq
-        rounds = ", ".join(f"{x:.1f}" for x in w["round_ratios"][name])
+        rounds, blocks = ", ".join(f"{x:.1f}" for x in w["round_ratios"][name]), sorted(w["block_ratios"][name])
         T.append({"id": f"handler_vs_pyfunc/{name}",
-                  "what": f"mlflow pyfunc p50 ÷ handler p50, `{name}` ({pyf['p50_us']:,.0f} µs ÷ {h:.0f} µs; logging off: {ratio_q:.1f}x; per round: {rounds})",
+                  "what": f"mlflow pyfunc p50 ÷ handler p50, `{name}` ({pyf['p50_us']:,.0f} µs ÷ {h:.0f} µs; logging off: {ratio_q:.1f}x; "
+                          f"per round: {rounds}; per pair of blocks: median {statistics.median(blocks):.1f}, {blocks[0]:.1f}–{blocks[-1]:.1f})",
                   "value": f"{ratio:.1f}x", "target": "≥ 30x", "met": ratio >= 30, "measured": ratio, "measured_logging_off": ratio_q,
-                  "per_round": w["round_ratios"][name]})
+                  "per_round": w["round_ratios"][name], "per_block_pair": w["block_ratios"][name]})
     for name in MODELS:
         o, q, m = (c["ours"]["lambda"][name]["median_wall_s"], c["ours"]["plain"][name]["median_wall_s"], c["mlflow"][name]["median_wall_s"])
         n = len(c["ours"]["lambda"][name]["runs"])
@@ -536,7 +566,7 @@ def markdown(res: dict) -> str:
         L.append(f"| `{name}` | {us(s['handler_log'])} | {us(s['handler_nolog'])} | {us(s['direct_log'])} | {us(s['direct_nolog'])} | "
                  f"{us(s['chalice_log']) if 'chalice_log' in s else 'n/a'} | {us(p['pyfunc_predict'])} | {us(raw) if raw else 'n/a'} |")
     L += ["", f"{w['lambda']['models'][MODELS[0]]['n']:,} requests per cell for ours, {w['pyfunc']['models'][MODELS[0]]['n']:,} for pyfunc, "
-          f"in {res['config']['warm_rounds']} rounds (a fresh Lambda worker, then a fresh pyfunc worker, each round), after warm-up, cycling over {', '.join(str(res['rows'][n]['rows_used']) + ' `' + res['rows'][n]['table'] + '` rows' for n in MODELS)}; "
+          f"in {res['config']['warm_rounds']} rounds (a fresh Lambda worker and a fresh pyfunc worker each round, side by side, taking turns in {res['config']['warm_blocks']} blocks each), after warm-up, cycling over {', '.join(str(res['rows'][n]['rows_used']) + ' `' + res['rows'][n]['table'] + '` rows' for n in MODELS)}; "
           f"answers equal pyfunc's within {max(w['max_abs_diff_vs_pyfunc'].values()):.1e} mg/dL. Peak RSS of the warm processes: "
           f"Lambda worker {mb(w['lambda']['rss_after_warm_mib'])}, pyfunc worker {mb(w['pyfunc']['rss_after_warm_mib'])} (both models loaded).", "",
           "**Where a warm handler request goes** (p50 of each piece timed alone in the same process, µs):", "",
@@ -587,12 +617,13 @@ def markdown(res: dict) -> str:
           "How measured: the handler is `app.app(event, None)` of the **unzipped package**, in a subprocess on a bare "
           "interpreter (`python -I -S`, cwd = the package, nothing else on `sys.path`), with an API Gateway proxy event for "
           "`POST /models/{name}/predict` and a body `{\"rows\": [row]}`. \"Logging on\" leaves `app.models.log` as deployed "
-          "(one JSON line per prediction to stdout, a pipe read by the parent, like Lambda's stdout), \"logging off\" points it at a no-op. "
+          "(one JSON line per prediction to stdout, a pipe drained line by line by the launcher, like Lambda's stdout), \"logging off\" points it at a no-op. "
           "`ServedModels.predict` is `app.models.predict(name, raw_body)` on the same object. `mlflow.pyfunc` is "
           "`load_model(\"models:/<name>/1\").predict(df)` (sqlite tracking store of the run) with prebuilt 1-row DataFrames of the same rows "
           "(parquet dtypes; building them is not timed, so MLflow is not charged for parsing JSON while ours is). Timer: "
-          "`perf_counter_ns` around each call, GC on. Cold start: wall time from spawning the process to reading its answer "
-          "line on its stdout. Processes that report memory are started by a small launcher on a bare interpreter "
+          "`perf_counter_ns` around each call, GC on. The Lambda worker and the pyfunc worker of a round run side by side and take turns "
+          "(two FIFOs pass a token): pyfunc's load and warm-up, then ours, then a block of each in turn, so both sample the same minutes. "
+          "Cold start: wall time from spawning the process to reading its answer line on its stdout. Processes that report memory are started by a small launcher on a bare interpreter "
           "(`bench/serving/spawn.py`), because Linux carries the parent's peak RSS into a child's ru_maxrss; VmHWM is the "
           "child's own post-exec peak from /proc. Raw numbers: `bench/results/serving.json`.",
           "", END]
@@ -613,8 +644,8 @@ def main():
     # variables that change how Python runs (bytecode writing, buffering, paths) would differ between machines
     dropped = {k: os.environ.pop(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTHONSTARTUP",
                                               "PYTHONHOME", "PYTHONOPTIMIZE") if k in os.environ}
-    global LAUNCHER
-    LAUNCHER = Launcher()   # first, while this process is small
+    global LAUNCHER, LAUNCHER2
+    LAUNCHER, LAUNCHER2 = Launcher(), Launcher()   # first, while this process is small
     t_all = time.perf_counter()
     tmp = args.reuse.resolve() if args.reuse else Path(tempfile.mkdtemp(prefix="nutrino-bench-serving-"))
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -654,6 +685,7 @@ def main():
         for p in list(PROCS):
             stop_server(p)
         LAUNCHER.close()
+        LAUNCHER2.close()
         if args.keep or args.reuse:
             log(f"kept {tmp}")
         else:

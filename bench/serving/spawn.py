@@ -20,18 +20,18 @@ for req in sys.stdin:
     count, counted, tail, wall, answer = req.get("count"), 0, [], None, None
     t0 = time.perf_counter()
     p = subprocess.Popen(req["args"], cwd=req["cwd"], env=req["env"], stdout=subprocess.PIPE, stderr=err)
-    if count:   # a long-running worker: drain its stdout in large binary reads (like a log forwarder), counting as we go
-        fd, rest, needle = p.stdout.fileno(), b"", count.encode()   # (holding it all would grow this launcher)
+    if count:   # a long-running worker: drain its stdout as it comes (like a log forwarder), counting as we go
+        # As little work per read as can be (one count over the bytes read, a 4 KiB tail kept): this runs beside the
+        # worker on a 2-CPU machine and is woken by every line it writes. Holding it all would grow this launcher.
+        fd, needle, keep = p.stdout.fileno(), count.encode(), b""
+        n = len(needle) - 1   # a needle split across two reads is counted once, in keep + the next read
         while True:
             b = os.read(fd, 1 << 16)
             if not b:
                 break
-            *lines, rest = (rest + b).split(b"\n")
-            counted += sum(needle in l for l in lines)
-            tail = (tail + [l.decode(errors="replace") for l in lines[-5:]])[-5:]
-        if rest:
-            counted += needle in rest
-            tail = (tail + [rest.decode(errors="replace")])[-5:]
+            counted += (keep[-n:] + b).count(needle) if n else b.count(needle)
+            keep = (keep + b)[-4096:]
+        tail = [l.decode(errors="replace") for l in keep.split(b"\n") if l][-5:]
     else:       # a cold start: time the first ANSWER line
         for line in p.stdout:
             line = line.decode(errors="replace")
