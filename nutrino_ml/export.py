@@ -249,7 +249,8 @@ def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chali
                                                               (Path(d).name == ".chalice" and n in ("deployments", "venv"))])
         merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
         cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
-        env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region}
+        env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region,
+               "PYTHONDONTWRITEBYTECODE": "1"}  # chalice imports app.py from the copy: no __pycache__ of that import may land in the zip
         settings = find_settings_file() or find_settings_file(app_dir)  # chalice imports app.py from the copy, outside the project
         if settings: env["NUTRINO_SETTINGS"] = str(settings)
         r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)

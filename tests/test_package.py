@@ -36,7 +36,10 @@ def package(built, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("package")
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "NUTRINO_APP_DIR": str(built["app"])}
     # the merge template (.chalice/stream-events.json) turns on Lambda's partial batch responses for the Kinesis source
-    logs = {st: run([BIN / "nutrino-ml", "package", tmp / f"out-{st}", "--stage", st], env=env).stdout for st in ("dev", "prod")}
+    with pytest.MonkeyPatch.context() as mp:
+        # as on most machines, Python writes bytecode: what chalice's import of app.py writes must not land in the zip
+        mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        logs = {st: run([BIN / "nutrino-ml", "package", tmp / f"out-{st}", "--stage", st], env=env).stdout for st in ("dev", "prod")}
     return {"out": tmp / "out-dev", "prod": tmp / "out-prod", "log": "\n".join(logs.values()), "tmp": tmp}
 
 
