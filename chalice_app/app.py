@@ -100,10 +100,11 @@ def _guard(shape, call):
 def _fast_predict(event, ctx):
     """The native predict routes on the raw API Gateway event; None hands the request to Chalice."""
     content_type, pin = "application/json", None
-    for k, v in (event.get("headers") or {}).items():  # the two headers we read, in any case (a client sends ~10-20)
-        k = k.lower()
-        if k == "content-type": content_type = v
-        elif k == "x-model-version": pin = v
+    for k, v in (event.get("headers") or {}).items():  # the two headers we read, in any case (API Gateway passes ~15-20)
+        if len(k) == 12 or len(k) == 15:  # len("content-type"), len("x-model-version"): skip the rest without lower()
+            k = k.lower()
+            if k == "content-type": content_type = v
+            elif k == "x-model-version": pin = v
     if content_type != "application/json" and not _matches_content_type(content_type, ["application/json"]):
         return None
     params, body = event.get("pathParameters") or {}, event.get("body")

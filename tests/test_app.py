@@ -111,6 +111,15 @@ def test_over_real_http_with_chalice_local(built, client):
         assert status == 404 and "served models" in body["Message"]
 
 
+# the headers API Gateway (REST API, edge-optimized) adds around a client's own, in the client's case
+GATEWAY_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "CloudFront-Forwarded-Proto": "https",
+                   "CloudFront-Is-Desktop-Viewer": "true", "CloudFront-Viewer-Country": "DE", "Content-Type": "application/json",
+                   "Host": "a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com", "User-Agent": "curl/8.5.0",
+                   "Via": "1.1 0f1e2d3c4b5a.cloudfront.net (CloudFront)", "X-Amz-Cf-Id": "kT0V2v1KqYb8r1E0n3hJ5cXnS6m2==",
+                   "X-Amzn-Trace-Id": "Root=1-6744a1f0-3c1d2e3f4a5b6c7d8e9f0a1b", "X-Forwarded-For": "203.0.113.7, 130.176.0.1",
+                   "X-Forwarded-Port": "443", "X-Forwarded-Proto": "https", "x-api-key": "k" * 40, "X-Model-Version": "1"}
+
+
 def rest_event(path, resource, params, body, headers=JSON, b64=False, method="POST"):
     """An API Gateway REST proxy event as Lambda delivers it (headers keep the client's case)."""
     return {"resource": resource, "path": path, "httpMethod": method, "headers": headers, "multiValueHeaders": {},
@@ -144,6 +153,9 @@ def test_fast_predict_path_answers_exactly_as_chalice_does(built):
         rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "\ufeff" + body),    # a UTF-8 BOM
         rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" * 100_000),  # nested past the recursion limit
         rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"content-type": "application/json", "x-model-version": "1"}),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=GATEWAY_HEADERS),
+        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body,  # the same header twice: the last wins
+                   headers={"Content-Type": "text/csv", "X-Model-Version": "9", "content-type": "application/json", "x-model-version": "1"}),
     ]
     statuses = []
     for ev in events:
@@ -152,7 +164,7 @@ def test_fast_predict_path_answers_exactly_as_chalice_does(built):
         assert getattr(app, "current_request", None) is None  # answered before Chalice built a Request
         assert fast == Chalice.__call__(app, ev, None), ev["path"]
         statuses.append(fast["statusCode"])
-    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404, 200, 400, 200]
+    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404, 200, 400, 200, 200, 200]
     # a content type the route does not take goes through Chalice: 415, as before
     ev = rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "text/csv"})
     assert app(ev, None)["statusCode"] == 415

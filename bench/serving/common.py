@@ -5,15 +5,35 @@ Standard library only: the workers import it from a bare interpreter (`python -I
 import os, select, time
 
 
-def api_event(name, body, request_id="bench-request"):
-    """An API Gateway (REST, proxy) event for POST /models/{name}/predict, as tests/test_package.py builds it."""
+# what API Gateway (REST API, edge-optimized) puts in front of a client's two headers
+HEADERS = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate", "CloudFront-Forwarded-Proto": "https",
+           "CloudFront-Is-Desktop-Viewer": "true", "CloudFront-Is-Mobile-Viewer": "false", "CloudFront-Is-SmartTV-Viewer": "false",
+           "CloudFront-Is-Tablet-Viewer": "false", "CloudFront-Viewer-Country": "DE", "Content-Type": "application/json",
+           "Host": "a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com", "User-Agent": "python-requests/2.32.3",
+           "Via": "1.1 0f1e2d3c4b5a69788796a5b4c3d2e1f0.cloudfront.net (CloudFront)",
+           "X-Amz-Cf-Id": "kT0V2v1KqYb8r1E0n3hJ5cXnS6m2rL9w8xQ4pZ7yA1bC3dE5fG7hIj==",
+           "X-Amzn-Trace-Id": "Root=1-6744a1f0-3c1d2e3f4a5b6c7d8e9f0a1b", "X-Forwarded-For": "203.0.113.7, 130.176.0.1",
+           "X-Forwarded-Port": "443", "X-Forwarded-Proto": "https", "x-api-key": "k" * 40}
+
+
+def api_event(name, body, request_id="c6af9ac6-7b61-11e6-9a41-93e8deadbeef"):
+    """An API Gateway (REST, proxy) event for POST /models/{name}/predict, with the headers and request context
+    API Gateway sends (headers also as multiValueHeaders)."""
     return {"resource": "/models/{name}/predict", "path": f"/models/{name}/predict", "httpMethod": "POST",
-            "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": name},
+            "headers": dict(HEADERS), "multiValueHeaders": {k: [v] for k, v in HEADERS.items()}, "pathParameters": {"name": name},
             "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,
             "body": body, "isBase64Encoded": False,
-            "requestContext": {"resourcePath": "/models/{name}/predict", "httpMethod": "POST",
-                               "path": f"/api/models/{name}/predict", "stage": "api", "requestId": request_id,
-                               "identity": {"sourceIp": "127.0.0.1"}}}
+            "requestContext": {"resourceId": "a1b2c3", "resourcePath": "/models/{name}/predict", "httpMethod": "POST",
+                               "extendedRequestId": "BQGojGkMjoEFeAw=", "requestTime": "25/Nov/2026:12:00:00 +0000",
+                               "path": f"/api/models/{name}/predict", "accountId": "123456789012", "protocol": "HTTP/1.1",
+                               "stage": "api", "domainPrefix": "a1b2c3d4e5", "requestTimeEpoch": 1795608000000,
+                               "requestId": request_id, "domainName": "a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com",
+                               "apiId": "a1b2c3d4e5",
+                               "identity": {"cognitoIdentityPoolId": None, "accountId": None, "cognitoIdentityId": None, "caller": None,
+                                            "sourceIp": "203.0.113.7", "principalOrgId": None, "accessKey": None,
+                                            "cognitoAuthenticationType": None, "cognitoAuthenticationProvider": None,
+                                            "userArn": None, "userAgent": "python-requests/2.32.3", "user": None,
+                                            "apiKey": "k" * 40, "apiKeyId": "abcd1234ef"}}}
 
 
 def timed(fn, args_list, n):

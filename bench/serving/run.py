@@ -616,7 +616,8 @@ def markdown(res: dict) -> str:
           f"({pk['files']:,} files; largest, MiB unzipped: {big}); Lambda's limits: 50 MiB zipped (direct upload), 250 MiB unzipped.", "",
           "How measured: the handler is `app.app(event, None)` of the **unzipped package**, in a subprocess on a bare "
           "interpreter (`python -I -S`, cwd = the package, nothing else on `sys.path`), with an API Gateway proxy event for "
-          "`POST /models/{name}/predict` and a body `{\"rows\": [row]}`. \"Logging on\" leaves `app.models.log` as deployed "
+          "`POST /models/{name}/predict` as API Gateway sends it (17 headers, the request context; `bench/serving/common.py`) "
+          "and a body `{\"rows\": [row]}`. \"Logging on\" leaves `app.models.log` as deployed "
           "(one JSON line per prediction to stdout, a pipe drained line by line by the launcher, like Lambda's stdout), \"logging off\" points it at a no-op. "
           "`ServedModels.predict` is `app.models.predict(name, raw_body)` on the same object. `mlflow.pyfunc` is "
           "`load_model(\"models:/<name>/1\").predict(df)` (sqlite tracking store of the run) with prebuilt 1-row DataFrames of the same rows "
