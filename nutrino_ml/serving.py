@@ -165,14 +165,10 @@ def json_loads(s):
 
 def decode_json(body):
     "A raw request body (bytes/str) parsed as JSON (None when empty); parsed values pass through."
-    if type(body) is str and body[:1] == "{":  # the usual body: one scan (anything odd takes the path below)
-        try:
-            obj, end = _scan(body, 0)
-            if end == len(body): return obj
-        except (StopIteration, ValueError, RecursionError): pass
-    if not isinstance(body, (bytes, str)): return body
-    if type(body) is str and body[:1] == "\ufeff": body = body[1:]  # a UTF-8 BOM, as json.loads(bytes) drops it
-    if not body or body.isspace(): return None
+    if type(body) is not str or body[:1] != "{":  # the usual body (text, `{...}`) needs none of these checks
+        if not isinstance(body, (bytes, str)): return body
+        if type(body) is str and body[:1] == "\ufeff": body = body[1:]  # a UTF-8 BOM, as json.loads(bytes) drops it
+        if not body or body.isspace(): return None
     try: return json_loads(body)
     except ValueError as e: raise InputError(f"request body is not valid JSON ({e}); {_SHAPE}") from None
     except RecursionError: raise InputError(f"request body is nested too deeply to be rows; {_SHAPE}") from None
