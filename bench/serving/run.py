@@ -36,11 +36,14 @@ MiB = 1024 * 1024
 LAMBDA_ZIP_LIMIT, LAMBDA_UNZIPPED_LIMIT = 50 * MiB, 250 * MiB
 
 # warm_rounds x warm_blocks: each round starts a fresh Lambda worker and a fresh pyfunc worker side by side, and they
-# take turns, block by block (a block is ~0.1-0.5 s), so that a change of the machine's speed during the run (this
-# VM's varies ~2x over minutes) falls on both sides alike
-FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=3000, n_pyfunc=2000, warm_rounds=3, warm_blocks=10, n_http=400, http_warm=30,
+# take turns, block by block, so that a change of the machine's speed during the run (this VM's varies up to ~2x, in
+# bursts of under a second to minutes) falls on both sides alike. n_req is ~15x n_pyfunc so that each side's samples
+# of a model cover about as many seconds of the machine: 1,000 handler requests at ~40 us take 40 ms, as long as 30
+# pyfunc requests of the forecaster; with equal counts, ours would sample a few 4 ms slices of the run, and one
+# slow burst landing on them would decide its p50.
+FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=30000, n_pyfunc=2000, warm_rounds=3, warm_blocks=20, n_http=400, http_warm=30,
             cold_runs=5)
-QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=500, n_pyfunc=300, warm_rounds=2, warm_blocks=3, n_http=100, http_warm=10,
+QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=3000, n_pyfunc=300, warm_rounds=2, warm_blocks=3, n_http=100, http_warm=10,
              cold_runs=3)
 
 PROCS: list[subprocess.Popen] = []   # long-running servers started here; stopped in `finally`
@@ -618,7 +621,7 @@ def markdown(res: dict) -> str:
           "interpreter (`python -I -S`, cwd = the package, nothing else on `sys.path`), with an API Gateway proxy event for "
           "`POST /models/{name}/predict` as API Gateway sends it (17 headers, the request context; `bench/serving/common.py`) "
           "and a body `{\"rows\": [row]}`. \"Logging on\" leaves `app.models.log` as deployed "
-          "(one JSON line per prediction to stdout, a pipe drained line by line by the launcher, like Lambda's stdout), \"logging off\" points it at a no-op. "
+          "(one JSON line per prediction to stdout, a pipe the launcher drains every 10 ms, as a log forwarder reads Lambda's stdout; a reader blocked on the pipe would be woken by each line, which on this 2-vCPU VM costs the writer an inter-processor interrupt through the hypervisor, 8–26 µs per line, and the table would time that instead of the handler; `bench/serving/spawn.py`), \"logging off\" points it at a no-op. "
           "`ServedModels.predict` is `app.models.predict(name, raw_body)` on the same object. `mlflow.pyfunc` is "
           "`load_model(\"models:/<name>/1\").predict(df)` (sqlite tracking store of the run) with prebuilt 1-row DataFrames of the same rows "
           "(parquet dtypes; building them is not timed, so MLflow is not charged for parsing JSON while ours is). Timer: "
