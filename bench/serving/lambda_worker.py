@@ -13,6 +13,7 @@ import os, cProfile, io, json, pstats, resource, sys, time
 sys.path.insert(0, ".")
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder off the path
 from common import Turns, api_event as event, timed  # noqa: E402
+from array import array  # noqa: E402
 rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 DETAILS = sys.argv[5:6] == ["details"]
 BLOCKS = int(sys.argv[6]) if len(sys.argv) > 6 else 5
@@ -69,7 +70,7 @@ for name, case in CASES.items():
     timed(app.app, events, n_warm)
     SETUP[name] = bodies, events, direct
     result["models"][name] = {"first_request_ns": first_ns, "predictions": preds, "n": 0, "blocks": BLOCKS,
-                              "samples_ns": {k: [] for k in VARIANTS}, "block_p50_us": {k: [] for k in VARIANTS}}
+                              "samples_ns": {k: array("q") for k in VARIANTS}, "block_p50_us": {k: [] for k in VARIANTS}}
 app.models.log = nolog
 TURNS.give()
 
@@ -144,5 +145,5 @@ for name, case in CASES.items() if DETAILS else ():
     result["models"][name]["cprofile_calls"] = min(n_req, 2000)
 
 with open(out_file, "w") as f:
-    json.dump(result, f)
+    json.dump(result, f, default=list)   # the arrays of samples
 TURNS.give()

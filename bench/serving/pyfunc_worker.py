@@ -65,4 +65,4 @@ result["rss_after_warm_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 result["vmhwm_after_warm_mib"] = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 
 with open(out_file, "w") as f:
-    json.dump(result, f)
+    json.dump(result, f, default=list)   # the arrays of samples

@@ -626,7 +626,7 @@ def markdown(res: dict) -> str:
           "`load_model(\"models:/<name>/1\").predict(df)` (sqlite tracking store of the run) with prebuilt 1-row DataFrames of the same rows "
           "(parquet dtypes; building them is not timed, so MLflow is not charged for parsing JSON while ours is). Timer: "
           "`perf_counter_ns` around each call, GC on. The Lambda worker and the pyfunc worker of a round run side by side and take turns "
-          "(two FIFOs pass a token): pyfunc's load and warm-up, then ours, then a block of each in turn, so both sample the same minutes. "
+          "(two FIFOs pass a token): pyfunc's load and warm-up, then ours, then a block of each in turn (20 blocks per round; ours times ~15x as many requests as pyfunc, so that both cover about as many seconds of the machine), so both sample the same seconds of this VM, whose speed changes by up to ~2x from one second to the next. "
           "Cold start: wall time from spawning the process to reading its answer line on its stdout. Processes that report memory are started by a small launcher on a bare interpreter "
           "(`bench/serving/spawn.py`), because Linux carries the parent's peak RSS into a child's ru_maxrss; VmHWM is the "
           "child's own post-exec peak from /proc. Raw numbers: `bench/results/serving.json`.",
