@@ -38,9 +38,9 @@ LAMBDA_ZIP_LIMIT, LAMBDA_UNZIPPED_LIMIT = 50 * MiB, 250 * MiB
 # warm_rounds x warm_blocks: each round starts a fresh Lambda worker and a fresh pyfunc worker side by side, and they
 # take turns, block by block, so that a change of the machine's speed during the run (this VM's varies up to ~2x, in
 # bursts of under a second to minutes) falls on both sides alike. n_req is ~15x n_pyfunc so that each side's samples
-# of a model cover about as many seconds of the machine: 1,000 handler requests at ~40 us take 40 ms, as long as 30
-# pyfunc requests of the forecaster; with equal counts, ours would sample a few 4 ms slices of the run, and one
-# slow burst landing on them would decide its p50.
+# of a model cover about as many seconds of the machine: in a block, 500 forecaster requests to the handler take
+# ~20 ms, 33 to pyfunc ~35 ms; with equal counts, ours would sample a few 2 ms slices of the run, and one slow burst
+# landing on them would decide its p50.
 FULL = dict(users=8, days=6, rows=200, n_warm=500, n_req=30000, n_pyfunc=2000, warm_rounds=3, warm_blocks=20, n_http=400, http_warm=30,
             cold_runs=5)
 QUICK = dict(users=8, days=6, rows=100, n_warm=100, n_req=3000, n_pyfunc=300, warm_rounds=2, warm_blocks=3, n_http=100, http_warm=10,
