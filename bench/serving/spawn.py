@@ -30,7 +30,7 @@ for req in sys.stdin:
         n = len(needle) - 1   # a needle split across two reads is counted once, in keep + the next read
         try:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except OSError:   # a lower /proc/sys/fs/pipe-max-size: the 64 KiB default holds ~5 ms of lines
+        except (OSError, AttributeError):   # a lower pipe-max-size, or not Linux: a full pipe makes the worker wait
             pass
         os.set_blocking(fd, False)
         while not eof:
