@@ -8,7 +8,8 @@ import json, math, shutil
 from pathlib import Path
 import numpy as np, pandas as pd
 from .models import model_spec
-from .serving import FORMATS, validate_rows
+from .runtime.predictors import FORMATS
+from .runtime.schema import validate_rows
 
 # %% auto #0
 __all__ = ['BundleParityError', 'input_schema', 'json_rows', 'feature_set_ref', 'build_bundle']

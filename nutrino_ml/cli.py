@@ -84,37 +84,37 @@ def cmd_export(s, a):
     for m in ms: print(f"exported {m['name']} version {m['version']} {m['aliases']} ({m['format']}) -> {s.bundle_dir}/{m['name']}/{m['version']}")
 
 def cmd_package(s, a):
-    from nutrino_ml.export import package_app
+    from nutrino_ml.package import package_app
     r = package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode)
     pyc = f"; bytecode: {r['bytecode']['modules']} modules ({r['bytecode']['how']})" if r["bytecode"] else ""
     print(f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}\n{r['sam']}")
 
 def cmd_smoke(s, a):
-    from nutrino_ml.export import smoke_app
+    from nutrino_ml.local import smoke_app
     for r in smoke_app(Path(s.app_dir), a.port, a.online):
         print(f"POST /models/{r['model']}/predict -> {r['status']}\n  request: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}")
         if r["status"] != 200: raise RuntimeError(f"{r['model']}: the app answered {r['status']}")
 
 # %% ../nbs/09_cli.ipynb #8a86d834
 def cmd_stream_replay(s, a):
-    from nutrino_ml.export import load_app
-    from nutrino_ml.stream import as_records, events_from_frames, replay
+    from nutrino_ml.replay import as_records, events_from_frames, replay
+    from nutrino_ml.runtime.stream import event_records, open_stream_processor
     lake = _lake(s)
     events = events_from_frames({t: lake.read_table(t) for t in ("users", "meals", "glucose")})
     profiles, timed = [e for e in events if e["type"] == "user"], [e for e in events if e["type"] != "user"]
     timed = timed[-a.last:] if a.last else timed
-    app = load_app(Path(s.app_dir))
-    r = replay(app.features_from_stream, as_records(profiles + timed), a.batch_size)
+    proc = open_stream_processor(s.online_store, s.dead_letter, s.region, s.aws_endpoint_url, int(s.stream_max_attempts))
+    r = replay(lambda event, ctx: proc.process(event_records(event)), as_records(profiles + timed), a.batch_size)
     print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
-          f"{s.app_dir}/app.py features_from_stream in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
+          f"the Kinesis handler's runtime in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
 
 def cmd_features_build(s, a):
-    from nutrino_ml.spark import build_feature_tables
+    from nutrino_ml.offline import build_feature_tables
     for name, r in build_feature_tables(s, a.engine, a.feature_set or None).items():
         print(f"{name}: {r['rows']} rows in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
 
 def cmd_score(s, a):
-    from nutrino_ml.spark import score_to_lake
+    from nutrino_ml.scoring import score_to_lake
     r = score_to_lake(s, a.model, a.engine)
     print(f"{r['model']} version {r['version']}: {r['rows']} predictions ({r['rejected']} rows refused by its schema) "
           f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 __all__ = ['lake_filesystem', 'DatalakeError', 'validate_frame', 'Lake']
 
 # %% ../nbs/01_datalake.ipynb #41b66b38
-from .tables import Column, TableSpec, TABLES
+from .runtime.tables import Column, TableSpec, TABLES
 
 # %% ../nbs/01_datalake.ipynb #36ab5f90
 def lake_filesystem(root:str,            # a folder, or s3://bucket/prefix

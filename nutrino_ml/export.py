@@ -4,20 +4,17 @@
 
 # %% ../nbs/08_export.ipynb #d812d147
 from __future__ import annotations
-import importlib.util, json, os, py_compile, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request, zipfile
+import json, shutil, tempfile
 from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
-from . import serving
-from .config import TELEMETRY_OFF, find_settings_file, load_settings
+from .runtime.bundles import seal_bundle
 from .registry import resolve_policy
 from .bundle import feature_set_ref
 
 # %% auto #0
-__all__ = ['RUNTIME_MODULES', 'LIMITS', 'COLD_PATH', 'is_live', 'served_versions', 'mlflow_flavor', 'export_bundles',
-           'copy_runtime', 'free_port', 'http_json', 'ChaliceLocal', 'smoke_app', 'load_app', 'PackageError',
-           'zip_sizes', 'cold_path_modules', 'add_bytecode', 'check_limits', 'package_app']
+__all__ = ['is_live', 'served_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime']
 
 # %% ../nbs/08_export.ipynb #37dafb03
 def is_live(alias:str, live:tuple=("production", "canary")) -> bool:
@@ -57,7 +54,7 @@ def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Pa
     shutil.move(str(src), dst)
     shutil.rmtree(tmp, ignore_errors=True)
     run = client.get_run(mv.run_id)
-    return serving.seal_bundle(dst, {**meta, "version": int(version), "aliases": aliases, "run_id": mv.run_id,
+    return seal_bundle(dst, {**meta, "version": int(version), "aliases": aliases, "run_id": mv.run_id,
                                      "flavor": mlflow_flavor(f"models:/{name}/{version}", tracking_uri),
                                      "metrics": run.data.metrics, "git_commit": run.data.tags.get("mlflow.source.git.commit", "")})
 
@@ -83,183 +80,11 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
     return manifests
 
 # %% ../nbs/08_export.ipynb #74ccfa95
-# what the Lambda package runs: serving, its protocols, and the streaming feature runtime (numpy + stdlib)
-RUNTIME_MODULES = ("serving.py", "protocols.py", "config.py", "tables.py", "features.py", "online.py", "stream.py")
-
 def copy_runtime(app_dir:Path) -> Path:
-    "Copy the serving runtime of `nutrino_ml` into `<app_dir>/vendor/nutrino_ml/`; returns that folder."
+    "Copy `nutrino_ml.runtime` (the folder, whole) and `nutrino_ml.config` into `<app_dir>/vendor/nutrino_ml/`; returns that folder."
     src, dst = Path(nutrino_ml.__file__).parent, Path(app_dir)/"vendor"/"nutrino_ml"
     if dst.exists(): shutil.rmtree(dst)
-    dst.mkdir(parents=True)
+    shutil.copytree(src/"runtime", dst/"runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(src/"config.py", dst/"config.py")  # the one module outside runtime/ it imports (the settings)
     (dst/"__init__.py").write_text(f'"nutrino_ml serving runtime, copied by `nutrino-ml export`."\n__version__ = "{nutrino_ml.__version__}"\n')
-    for m in RUNTIME_MODULES: shutil.copy2(src/m, dst/m)
     return dst
-
-# %% ../nbs/08_export.ipynb #b98aabc7
-def free_port() -> int:
-    "A free TCP port on 127.0.0.1."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def http_json(method:str, url:str, body=None, timeout:float=30) -> tuple:
-    "`(status, parsed JSON)` of one HTTP request; HTTP errors are returned, not raised."
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b"null")
-
-# %% ../nbs/08_export.ipynb #3e74a186
-class ChaliceLocal:
-    "`chalice local --no-autoreload` for `app_dir` on a free loopback port, as a context manager."
-    def __init__(self, app_dir:Path, port:int|None=None, stage:str="local", timeout:float=60):
-        self.app_dir, self.port, self.stage, self.timeout = Path(app_dir), port or free_port(), stage, timeout
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        exe = Path(sys.executable).with_name("chalice")
-        # the app logs a JSON line per prediction: a file, not an undrained pipe that would fill up and block it
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="chalice-local-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([str(exe), "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(self.port), "--stage", self.stage],
-                                     cwd=self.app_dir, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + self.timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None: raise RuntimeError(f"chalice local exited with {self.proc.returncode}:\n{Path(self.log.name).read_text()[-4000:]}")
-            try:
-                if http_json("GET", f"{self.url}/ping", timeout=2)[0] == 200: return self
-            except OSError: time.sleep(0.2)
-        self.__exit__(); raise TimeoutError(f"chalice local did not answer on {self.url} within {self.timeout}s")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try: self.proc.wait(10)
-        except subprocess.TimeoutExpired: self.proc.kill()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-# %% ../nbs/08_export.ipynb #4a1a2438
-def smoke_app(app_dir:Path, port:int|None=None, online:str|None=None) -> list:
-    "Start the app with `chalice local`, predict each served model's input example over HTTP (and for entity `online` from the online store); returns the answers."
-    answers = []
-    with ChaliceLocal(app_dir, port) as srv:
-        status, served = http_json("GET", f"{srv.url}/models")
-        if status != 200: raise RuntimeError(f"GET /models answered {status}: {served}")
-        for m in served["models"]:
-            if "production" not in (m["aliases"] or []): continue
-            bodies = [{"rows": m["input_example"]}]
-            if online and m.get("feature_set"):  # the entity key, and the fields a client sends (taken from the example)
-                fs = m["feature_set"]
-                bodies.append({fs["key"]: online, **({"request": {k: m["input_example"][0][k] for k in fs["request"]}} if fs["request"] else {})})
-            for b in bodies:
-                status, body = http_json("POST", f"{srv.url}/models/{m['name']}/predict", b)
-                answers.append({"model": m["name"], "status": status, "request": b, "response": body})
-    return answers
-
-def load_app(app_dir:Path):
-    "Import `<app_dir>/app.py` (the Chalice app module) in this process."
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("nutrino_app", Path(app_dir)/"app.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-# %% ../nbs/08_export.ipynb #73af0681
-class PackageError(RuntimeError):
-    "A Lambda package that would not deploy: a dependency chalice did not fetch, or over `chalice deploy`'s size limits."
-
-LIMITS = {"zipped": 50 * 2**20, "unzipped": 250 * 2**20}  # chalice deploy: one direct upload; function + layers unzipped
-
-# run in the unzipped package on a bare interpreter: what does a cold start import?
-COLD_PATH = r"""
-import json, os, sys
-sys.path.insert(0, os.getcwd())
-import app
-for versions in app.models.manifests.values():
-    for m in versions.values(): app.models.predictor(m)
-import nutrino_ml.online, nutrino_ml.stream
-here = os.getcwd() + os.sep
-print(json.dumps(sorted(os.path.relpath(f) for f in (getattr(m, "__file__", None) for m in list(sys.modules.values()))
-                        if f and f.startswith(here) and f.endswith(".py"))))
-"""
-
-def zip_sizes(zip_path:Path) -> dict:
-    "`{zipped, unzipped}` bytes of a zip."
-    with zipfile.ZipFile(zip_path) as z: return {"zipped": Path(zip_path).stat().st_size, "unzipped": sum(i.file_size for i in z.infolist())}
-
-def cold_path_modules(root:Path) -> list:
-    "The `.py` files (relative to `root`, an unzipped package) that importing the app, loading every version and the stream runtime imports."
-    r = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", COLD_PATH], cwd=root, capture_output=True, text=True,
-                       env={"PATH": os.environ.get("PATH", ""), **TELEMETRY_OFF}, timeout=300)
-    if r.returncode: raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-def add_bytecode(zip_path:Path, modules:list|None=None) -> dict:
-    "Append unchecked-hash `.pyc` of `modules` (`.py` paths in the zip; default: the cold path, else every module outside tests) to the zip."
-    zip_path, how = Path(zip_path), "cold path"
-    with tempfile.TemporaryDirectory(prefix="nutrino-pkg-") as td:
-        root = Path(td)
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(root)
-            names = set(z.namelist())
-        if modules is None:
-            try: modules = cold_path_modules(root)
-            except Exception as e:  # noqa: BLE001  e.g. the package's wheels are for another platform
-                how = f"every module (the package does not run here: {e})"
-                modules = [n for n in names if n.endswith(".py") and "tests" not in n.split("/")[:-1]]
-        added = []
-        with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as z:
-            for rel in sorted(set(modules)):
-                # where Lambda's python looks: not cache_from_source, which follows this process's -O and PYTHONPYCACHEPREFIX
-                d, stem = rel.rpartition("/")[0], rel.rpartition("/")[2][:-3]
-                pyc = f"{d + '/' if d else ''}__pycache__/{stem}.{sys.implementation.cache_tag}.pyc"
-                if pyc in names:  # ours from an earlier run, if it carries this source's hash; anything else would shadow the source
-                    head, src = z.read(pyc)[:16], (root/rel).read_bytes()
-                    if head[:4] == importlib.util.MAGIC_NUMBER and head[8:16] == importlib.util.source_hash(src): continue
-                    raise PackageError(f"{zip_path}: {pyc} is not the bytecode of {rel} as it is now; rebuild the package")
-                try: py_compile.compile(str(root/rel), cfile=str(root/pyc), dfile=rel, doraise=True,
-                                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-                except py_compile.PyCompileError:
-                    if how == "cold path": raise
-                    continue  # compiling everything: a file this Python cannot compile stays source, as it would be
-                info = zipfile.ZipInfo(pyc, date_time=(2020, 1, 1, 0, 0, 0))
-                info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
-                z.writestr(info, (root/pyc).read_bytes())
-                added.append(pyc)
-    return {"how": how, "modules": len(added)}
-
-def check_limits(zip_path:Path) -> dict:
-    "The zip's sizes; raises PackageError when it is over `chalice deploy`'s limits."
-    sizes = zip_sizes(zip_path)
-    over = [f"{k} {sizes[k] / 2**20:.1f} MiB > {LIMITS[k] / 2**20:.0f} MiB" for k in LIMITS if sizes[k] > LIMITS[k]]
-    if over: raise PackageError(f"{zip_path} is too big for chalice deploy: {'; '.join(over)}. Serve fewer versions, or make the bundles smaller.")
-    return sizes
-
-def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chalicelib/, vendor/)
-                out:Path,            # where deployment.zip and sam.json go
-                stage:str="dev",     # a stage of .chalice/config.json
-                region:str|None=None, # AWS region for chalice (it needs one even offline)
-                bytecode:bool=True   # compile the cold path into the zip
-               ) -> dict:
-    "`chalice package` the app into `out`, refusing a package with a missing dependency or over the limits; adds the cold path's bytecode."
-    app_dir, out = Path(app_dir).resolve(), Path(out).resolve()
-    with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
-        src = Path(td)/"app"
-        # no bytecode, and not chalice's own local state (.chalice/deployments, .chalice/venv)
-        shutil.copytree(app_dir, src, ignore=lambda d, names: [n for n in names if n == "__pycache__" or
-                                                              (Path(d).name == ".chalice" and n in ("deployments", "venv"))])
-        merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
-        cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
-        env = {**os.environ, **TELEMETRY_OFF, "AWS_DEFAULT_REGION": region or os.environ.get("AWS_DEFAULT_REGION") or load_settings().region,
-               "PYTHONDONTWRITEBYTECODE": "1"}  # chalice imports app.py from the copy: no __pycache__ of that import may land in the zip
-        settings = find_settings_file() or find_settings_file(app_dir)  # chalice imports app.py from the copy, outside the project
-        if settings: env["NUTRINO_SETTINGS"] = str(settings)
-        r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
-    log = (r.stdout + r.stderr).strip()
-    if r.returncode: raise PackageError(f"chalice package failed (exit {r.returncode}): {log.splitlines()[-1] if log else ''}")
-    if "Could not install dependencies" in log:  # chalice says so, and still exits 0 with a zip that fails on import
-        missing = log.split("Could not install dependencies:", 1)[1].split("You will have to", 1)[0].split()
-        raise PackageError(f"chalice package could not fetch every dependency for Lambda (python3.12, manylinux x86_64): {', '.join(missing)}. "
-                           "Pin versions that publish manylinux wheels for glibc <= 2.34, or vendor them built for Lambda.")
-    zip_path = out/"deployment.zip"
-    pyc = add_bytecode(zip_path) if bytecode else None
-    return {"zip": str(zip_path), "sam": str(out/"sam.json"), **check_limits(zip_path), "bytecode": pyc, "log": log}

@@ -10,20 +10,26 @@ from pathlib import Path
 import nutrino_ml
 
 # %% auto #0
-__all__ = ['PACKAGE', 'MODEL_REGISTRY', 'Module', 'parse_module', 'digest', 'Library', 'uses', 'closure', 'package_dir',
-           'load_library', 'script_roots', 'model_entries', 'model_roots', 'task_code', 'code_hash', 'task_code_hash',
-           'lake_files', 'lake_fingerprint', 'lake_state', 'partition_digest', 'partition_manifest', 'library_lineage',
-           'training_lineage', 'lineage', 'format_lineage']
+__all__ = ['PACKAGE', 'MODEL_REGISTRY', 'Module', 'parse_module', 'digest', 'Library', 'uses', 'closure', 'module_name',
+           'package_dir', 'load_library', 'script_roots', 'model_entries', 'model_roots', 'task_code', 'code_hash',
+           'task_code_hash', 'lake_files', 'lake_fingerprint', 'lake_state', 'partition_digest', 'partition_manifest',
+           'library_lineage', 'training_lineage', 'lineage', 'format_lineage']
 
 # %% ../nbs/13_lineage.ipynb #2b128f80
 PACKAGE = "nutrino_ml"
 
-def _library_imports(node:ast.ImportFrom) -> dict:
-    "`{local name: (module, name)}` of an import from the library; name is None when a module is imported."
+def _library_imports(node:ast.ImportFrom, package:str="") -> dict:
+    "`{local name: (module, name)}` of an import from the library, seen from a module of `package`; name is None when a module is imported."
     mod = node.module or ""
-    if node.level == 0 and (mod == PACKAGE or mod.startswith(f"{PACKAGE}.")): mod = mod[len(PACKAGE)+1:]
-    elif node.level != 1: return {}
-    return {a.asname or a.name: (a.name, None) if mod == "" else (mod, a.name) for a in node.names}
+    if node.level == 0:
+        if mod != PACKAGE and not mod.startswith(f"{PACKAGE}."): return {}
+        mod = mod[len(PACKAGE)+1:]
+    else:
+        base = package.split(".") if package else []
+        if node.level - 1 > len(base): return {}
+        mod = ".".join([*base[:len(base) - node.level + 1], *([mod] if mod else [])])
+    whole = node.module is None or (node.level == 0 and mod == "")  # `from . import x`: x is a module
+    return {a.asname or a.name: (".".join(filter(None, [mod, a.name])), None) if whole else (mod, a.name) for a in node.names}
 
 def _patched_class(node) -> str|None:
     "The class a fastcore `@patch` function is added to (the annotation of its first argument), or None."
@@ -40,6 +46,7 @@ class Module:
     imports: dict = field(default_factory=dict)  # local name -> (module, name or None)
     members: dict = field(default_factory=dict)  # class name -> its @patch methods (keys of defs)
     scopes: dict = field(default_factory=dict)   # def or class name (key of defs) -> its symbol table
+    package: str = ""                            # the dotted package it is in, relative to the library ('' at the top)
 
 def _add_definition(m:Module, node):
     if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -51,12 +58,12 @@ def _add_definition(m:Module, node):
     if cls: m.members.setdefault(cls, []).append(f"{cls}.{node.name}")
 
 # %% ../nbs/13_lineage.ipynb #5e246e62
-def parse_module(source:str) -> Module:
-    "The definitions, library imports and scopes (symbol tables) of a module's `source`."
-    m = Module()
+def parse_module(source:str, package:str="") -> Module:
+    "The definitions, library imports and scopes (symbol tables) of a module's `source` (in `package`, for relative imports)."
+    m = Module(package=package)
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)): _add_definition(m, node)
-        elif isinstance(node, ast.ImportFrom): m.imports.update(_library_imports(node))
+        elif isinstance(node, ast.ImportFrom): m.imports.update(_library_imports(node, package))
     tables = {(t.get_name(), t.get_lineno()): t for t in symtable.symtable(source, "<module>", "exec").get_children()}
     m.scopes = {k: tables[(n.name, n.lineno)] for k, n in m.defs.items() if not isinstance(n, (ast.Assign, ast.AnnAssign))}
     return m
@@ -113,7 +120,7 @@ def _mentions(m:Module, key:str) -> set:
     for n in ast.walk(node):
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in names and m.imports.get(n.value.id, (0, 0))[1] is None:
             out.add((m.imports[n.value.id][0], n.attr))
-        elif isinstance(n, ast.ImportFrom): out.update(v for v in _library_imports(n).values() if v[1])
+        elif isinstance(n, ast.ImportFrom): out.update(v for v in _library_imports(n, m.package).values() if v[1])
     return out
 
 # %% ../nbs/13_lineage.ipynb #db6a5b1f
@@ -135,7 +142,13 @@ def closure(lib:Library, roots:set, stop:set=frozenset()) -> set:
 
 # %% ../nbs/13_lineage.ipynb #1d9078be
 @functools.lru_cache(maxsize=256)
-def _parse_file(path:str, mtime_ns:int, size:int) -> Module: return parse_module(Path(path).read_text())
+def _parse_file(path:str, mtime_ns:int, size:int, package:str="") -> Module: return parse_module(Path(path).read_text(), package)
+
+def module_name(rel:Path) -> tuple:
+    "`(module, package)` of a file at `rel` inside the package, dotted and relative to it (`runtime/__init__.py` is `runtime`)."
+    parts = list(Path(rel).with_suffix("").parts)
+    if parts[-1] == "__init__": return ".".join(parts[:-1]), ".".join(parts[:-1])
+    return ".".join(parts), ".".join(parts[:-1])
 
 def package_dir() -> Path:
     "The folder of the `nutrino_ml` package this process imports."
@@ -144,8 +157,9 @@ def package_dir() -> Path:
 def load_library(path:Path|None=None # a package folder, `package_dir()` by default
                 ) -> Library:
     "Every module of the package at `path`, parsed (module `__init__` is named '')."
-    files = sorted(Path(path or package_dir()).glob("*.py"))
-    return Library({("" if p.stem == "__init__" else p.stem): _parse_file(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files})
+    root = Path(path or package_dir())
+    files = [(module_name(p.relative_to(root)), p) for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts]
+    return Library({name: _parse_file(str(p), p.stat().st_mtime_ns, p.stat().st_size, package) for (name, package), p in files})
 
 # %% ../nbs/13_lineage.ipynb #e2c8131e
 MODEL_REGISTRY = ("models", "MODELS")  # the module and name of the dict of `ModelSpec(name, ...)` entries
@@ -228,17 +242,18 @@ _SOURCE_NB = re.compile(r"File to edit: (\S+\.ipynb)")
 
 def _file_sha256(p:Path) -> str: return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
-def _module_entry(p:Path) -> dict:
+def _module_entry(p:Path, root:Path) -> dict:
     m = _SOURCE_NB.search(p.read_text()[:1000])
     nb = (p.parent/m.group(1)).resolve() if m else None
-    return {"module": f"{p.parent.name}/{p.name}", "module_sha256": _file_sha256(p),
-            "notebook": f"{nb.parent.name}/{nb.name}" if nb else None, "notebook_sha256": _file_sha256(nb) if nb and nb.is_file() else None}
+    return {"module": p.relative_to(root.parent).as_posix(), "module_sha256": _file_sha256(p),
+            "notebook": nb.relative_to(root.parent).as_posix() if nb and nb.is_relative_to(root.parent) else (nb.name if nb else None), "notebook_sha256": _file_sha256(nb) if nb and nb.is_file() else None}
 
 # %% ../nbs/13_lineage.ipynb #caf5f490
 def library_lineage(path:Path|None=None # a package folder, `package_dir()` by default
                    ) -> dict:
     "sha256 of the package's modules together, and each module and notebook with its sha256."
-    modules = [_module_entry(p) for p in sorted(Path(path or package_dir()).glob("*.py"))]
+    root = Path(path or package_dir())
+    modules = [_module_entry(p, root) for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts]
     return {"sha256": _sha256(json.dumps([[m["module"], m["module_sha256"]] for m in modules])), "modules": modules}
 
 def training_lineage(manifest:dict,       # the partitions manifest extract wrote

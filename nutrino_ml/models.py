@@ -14,8 +14,9 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
-from .features import FEATURE_SETS, FeatureSet, training_rows
-from .serving import ForecastKernel
+from .runtime.features import FEATURE_SETS, FeatureSet
+from .offline import training_rows
+from .runtime.kernels import ForecastKernel
 
 # %% auto #0
 __all__ = ['MODELS', 'make_response_pipeline', 'GlucoseForecaster', 'ModelSpec', 'model_spec', 'train_model', 'evaluate_model',

@@ -15,7 +15,7 @@ TELEMETRY_OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISA
                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "SPARK_LOCAL_IP": "127.0.0.1"}
 os.environ.update(TELEMETRY_OFF)
 
-from nutrino_ml.export import free_port  # noqa: E402,F401  after the opt-outs: it imports mlflow; re-exported for the tests
+from nutrino_ml.local import free_port  # noqa: E402,F401  re-exported for the tests
 MODELS = ("glucose-response", "glucose-forecast")
 
 

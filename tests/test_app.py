@@ -4,7 +4,7 @@ import json, shutil
 import pytest
 from chalice.test import Client
 
-from nutrino_ml.export import ChaliceLocal, http_json
+from nutrino_ml.local import ChaliceLocal, http_json
 from conftest import MODELS, load_app_module
 
 JSON = {"Content-Type": "application/json"}

@@ -179,18 +179,18 @@ def test_run_artifacts_are_objects_in_moto_s3(stack, mlflow_process, mlflow_serv
 
 
 def test_promote_and_export_from_the_server_serve_predictions(stack):
-    from nutrino_ml.serving import ServedModels
+    from nutrino_ml.runtime.serving import ServedModels
     for name, out in zip(MODELS, stack["promote"]):
         assert f"{name}: production -> version 1" in out
     bundles = stack["app"] / "chalicelib" / "models"
     for name in MODELS:
         assert (bundles / name / "1" / "manifest.json").is_file(), stack["export"]
         assert f"exported {name} version 1" in stack["export"]
-    assert (stack["app"] / "vendor" / "nutrino_ml" / "serving.py").is_file()
+    assert (stack["app"] / "vendor" / "nutrino_ml" / "runtime" / "serving.py").is_file()
     served = ServedModels(bundles)
     for name in MODELS:
         example = served.resolve(name)["input_example"]
-        answer = served.predict(name, {"rows": example})
+        answer = served.serve(name, example)
         assert answer["version"] == 1 and len(answer["predictions"]) == len(example) > 0
         assert all(math.isfinite(p) for p in answer["predictions"]), answer
         # what was exported from the server (via moto S3) is byte for byte what the pipeline bundled

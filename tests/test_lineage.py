@@ -24,7 +24,7 @@ def test_lineage_names_run_git_code_params_and_partitions(built):
         assert d["git"]["commit"] == head and d["git"]["dirty"] in (True, False)
         assert d["library"] == library_lineage()["sha256"]
         notebooks = {n["notebook"]: n["notebook_sha256"] for n in d["notebooks"]}
-        assert all(notebooks[nb] == sha256(ROOT / nb) for nb in ("nbs/01_datalake.ipynb", "nbs/03_features.ipynb", "nbs/05_models.ipynb"))
+        assert all(notebooks[nb] == sha256(ROOT / nb) for nb in ("nbs/01_datalake.ipynb", "nbs/runtime/05_features.ipynb", "nbs/05_models.ipynb"))
         assert {"test_fraction", "parity_tolerance", "engine"} <= set(d["params"]) and any(k.startswith("hyperparams.") for k in d["params"])
         assert d["datalake_root"] == lake.root and d["partitions"] == manifest["partitions"]
         assert {(p["table"], p["dt"]) for p in d["partitions"]} == {(t, dt) for t in ("users", "meals", "glucose") for dt in lake.partitions(t)}
@@ -40,7 +40,7 @@ def test_format_lineage_prints_every_part(built):
     assert text.startswith("glucose-response version 1 (production)\n")
     assert ["run", d["run_id"]] in rows and ["library", d["library"]] in rows and d["git"]["commit"] in text
     assert ["mae", f"{d['metrics']['mae']:.6g}"] in rows and ["hyperparams.n_estimators", "200"] in rows and ["engine", "pandas"] in rows
-    assert ["nbs/03_features.ipynb", sha256(ROOT / "nbs" / "03_features.ipynb")] in rows
+    assert ["nbs/runtime/05_features.ipynb", sha256(ROOT / "nbs" / "runtime" / "05_features.ipynb")] in rows
     assert f"partitions of {d['datalake_root']} ({len(d['partitions'])}, {sum(p['rows'] for p in d['partitions'])} rows):" in text
     assert all([p["table"], p["dt"], str(p["rows"]), p["sha256"]] in rows for p in d["partitions"])
 

@@ -47,9 +47,12 @@ def test_every_dependency_was_fetched(package):
     # chalice exits 0 even when it could not install a dependency; `nutrino-ml package` reads its output and fails then
     assert "(cold path)" in package["log"], package["log"]
     names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
-    for top in ("app.py", "chalice/app.py", "nutrino_ml/serving.py", "nutrino_ml/protocols.py", "nutrino_ml/stream.py", "nutrino_ml/features.py",
-                "nutrino_ml/online.py", "nutrino_ml/tables.py", "nutrino_ml/config.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
+    runtime = sorted(f"nutrino_ml/runtime/{p.name}" for p in (ROOT / "nutrino_ml" / "runtime").glob("*.py"))
+    assert len(runtime) > 10, runtime
+    for top in ("app.py", "chalice/app.py", *runtime, "nutrino_ml/__init__.py", "nutrino_ml/config.py", "numpy/__init__.py", "onnxruntime/__init__.py"):
         assert top in names, top
+    shipped = sorted(n for n in names if n.startswith("nutrino_ml/") and n.endswith(".py"))
+    assert shipped == sorted(["nutrino_ml/__init__.py", "nutrino_ml/config.py", *runtime]), "the Lambda ships the runtime folder, config, nothing else of the library"
     assert any(n.startswith("chalicelib/models/glucose-response/1/model.onnx") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("mlflow", "pandas", "sklearn", "scipy", "pyspark", "ploomber")]
 
@@ -167,7 +170,7 @@ sys.path.insert(0, ".")
 import app
 for versions in app.models.manifests.values():
     for m in versions.values(): app.models.predictor(m)
-import nutrino_ml.stream, nutrino_ml.online
+import nutrino_ml.runtime.stream, nutrino_ml.runtime.online
 print(json.dumps({"compiled": compiled}))
 '''
 
@@ -185,7 +188,7 @@ def test_cold_start_compiles_nothing_the_package_carries_bytecode_for(package):
     assert json.loads(p.stdout.strip().splitlines()[-1])["compiled"] == []
     names = zipfile.ZipFile(package["out"] / "deployment.zip").namelist()
     tag = sys.implementation.cache_tag
-    for mod in ("app", "nutrino_ml/__pycache__/serving", "numpy/__pycache__/__init__", "onnxruntime/__pycache__/__init__", "chalice/__pycache__/app"):
+    for mod in ("app", "nutrino_ml/runtime/__pycache__/serving", "numpy/__pycache__/__init__", "onnxruntime/__pycache__/__init__", "chalice/__pycache__/app"):
         want = f"__pycache__/{mod}.{tag}.pyc" if "/" not in mod else f"{mod}.{tag}.pyc"
         assert want in names, want
     assert not [n for n in names if "/tests/" in n and n.endswith(".pyc")]
@@ -195,9 +198,16 @@ STREAM = r'''
 import json, sys
 sys.path.insert(0, ".")
 import app
-from nutrino_ml.stream import as_records, kinesis_event, replay
+from nutrino_ml.runtime.stream import kinesis_event
 events = json.loads(sys.argv[1])
-print(json.dumps(replay(app.features_from_stream, as_records(events) + [("9" * 56, b"{not json", "u1")], batch_size=50)))
+records = [(f"{i + 1:056d}", json.dumps(e).encode(), str(e.get("user_id"))) for i, e in enumerate(events)] + [("9" * 56, b"{not json", "u1")]
+i = deliveries = redelivered = 0  # as Lambda's event source mapping: after a partial failure, again from the first failed record
+while i < len(records):
+    batch, deliveries = records[i:i + 50], deliveries + 1
+    failed = {f["itemIdentifier"] for f in app.features_from_stream(kinesis_event(batch), None)["batchItemFailures"]}
+    first = min((k for k, r in enumerate(batch) if r[0] in failed), default=len(batch))
+    redelivered, i = redelivered + len(batch) - first if failed else redelivered, i + first
+print(json.dumps({"records": len(records), "deliveries": deliveries, "redelivered": redelivered}))
 r = app.app({"resource": "/models/{name}/predict", "path": "/models/glucose-forecast/predict", "httpMethod": "POST",
              "headers": {"content-type": "application/json"}, "multiValueHeaders": {}, "pathParameters": {"name": "glucose-forecast"},
              "queryStringParameters": None, "multiValueQueryStringParameters": None, "stageVariables": None,

@@ -36,14 +36,14 @@ def test_reports_are_executed_notebooks(built):
 
 
 def test_registered_versions_load_in_mlflow_and_match_the_bundles(built):
-    from nutrino_ml.serving import ServedModels
+    from nutrino_ml.runtime.serving import ServedModels
     mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
     served = ServedModels(built["app"] / "chalicelib" / "models")
     for name in MODELS:
         spec_feats = pd.read_parquet(built["products"] / "features" / f"{'meal_response' if name == 'glucose-response' else 'glucose_forecast'}.parquet")
         m = served.resolve(name)
         X = spec_feats[[f["name"] for f in m["inputs"]]].head(50)
-        ours = served.predict(name, {"rows": json.loads(X.to_json(orient="records"))})["predictions"]
+        ours = served.serve(name, json.loads(X.to_json(orient="records")))["predictions"]
         theirs = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@production").predict(X), float)
         np.testing.assert_allclose(ours, theirs, atol=1e-3)
 

@@ -4,7 +4,9 @@ import json, math
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from nutrino_ml.serving import InputError, parse_body, validate_rows
+from nutrino_ml.runtime.errors import InputError
+from nutrino_ml.runtime.protocols import decode_json, native_rows
+from nutrino_ml.runtime.schema import validate_rows
 
 SCHEMA = [{"name": "user_id", "type": "string"}, {"name": "glucose_mgdl", "type": "double"},
           {"name": "glucose_trend", "type": "double", "nullable": True}]
@@ -19,7 +21,7 @@ good_rows = st.lists(st.fixed_dictionaries(
 @given(json_values)
 def test_any_json_gives_columns_or_an_input_error(body):
     try:
-        cols = validate_rows(parse_body(body), SCHEMA)
+        cols = validate_rows(native_rows(body)[0], SCHEMA)
     except InputError as e:
         assert str(e)
         return
@@ -30,9 +32,11 @@ def test_any_json_gives_columns_or_an_input_error(body):
 @given(st.binary(max_size=64) | st.text(max_size=64))
 def test_any_raw_body_gives_rows_or_an_input_error(raw):
     try:
-        parse_body(raw)
-    except InputError:
-        pass
+        rows, fields = native_rows(decode_json(raw))
+    except InputError as e:
+        assert str(e), f"an InputError without a message for {raw!r}"
+        return
+    assert fields is None or isinstance(fields, dict), f"{raw!r}: fields beside the rows are {fields!r}"
 
 
 @settings(max_examples=200, deadline=None)

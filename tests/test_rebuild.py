@@ -65,7 +65,7 @@ def test_editing_one_model_reruns_only_that_models_tasks(project):
 
 def test_editing_a_feature_function_reruns_features_and_both_models(project):
     # whole hours only: a change the features product shows, so it also proves the task kernels imported the copy
-    edit(project["tmp"] / "nutrino_ml" / "features.py", "return m // 60 + (m % 60) / 60", "return (m // 60).astype(float)")
+    edit(project["tmp"] / "nutrino_ml" / "runtime" / "features.py", "return m // 60 + (m % 60) / 60", "return (m // 60).astype(float)")
     out = ploomber(project, "build").stdout
     assert ran_tasks(out) == TASKS - {"extract"}, out[-3000:]
     hours = pq.read_table(project["products"] / "features" / "meal_response.parquet").to_pandas().hour

@@ -14,11 +14,13 @@ import pytest
 from conftest import MODELS, ROOT
 from nutrino_ml.config import load_settings
 from nutrino_ml.datalake import TABLES, DatalakeError, Lake
-from nutrino_ml.features import FEATURE_SETS, build_features, conform
-from nutrino_ml.serving import ServedModels
+from nutrino_ml.runtime.features import FEATURE_SETS
+from nutrino_ml.offline import build_features, conform
+from nutrino_ml.runtime.serving import ServedModels
 from nutrino_ml.simulate import simulate_lake, write_simulated_lake
-from nutrino_ml.spark import (build_feature_frames, build_feature_tables, build_features_spark, feature_table, feature_table_spec, predictions_spec,
-                              predictions_table, score_spark, score_to_lake, spark_session)
+from nutrino_ml.offline import build_feature_frames, build_feature_tables, feature_table, feature_table_spec
+from nutrino_ml.scoring import predictions_spec, predictions_table, score_spark, score_to_lake
+from nutrino_ml.spark import build_features_spark, spark_session
 
 FSET_OF = {"glucose-response": "meal_response", "glucose-forecast": "glucose_forecast"}
 

@@ -8,10 +8,12 @@ import pytest
 from chalice.test import Client
 
 from conftest import MODELS, load_app_module
-from nutrino_ml.features import FEATURE_SETS, build_features
-from nutrino_ml.online import DynamoStore, SQLiteDeadLetter, SQLiteStore, SQSDeadLetter, open_dead_letter
+from nutrino_ml.runtime.features import FEATURE_SETS
+from nutrino_ml.offline import build_features
+from nutrino_ml.runtime.online import DynamoStore, SQLiteDeadLetter, SQLiteStore, SQSDeadLetter, open_dead_letter
 from nutrino_ml.simulate import simulate_lake
-from nutrino_ml.stream import MAX_RECORD_BYTES, as_records, event_records, events_from_frames, kinesis_event, replay
+from nutrino_ml.runtime.stream import MAX_RECORD_BYTES, event_records, kinesis_event
+from nutrino_ml.replay import as_records, events_from_frames, replay
 
 LAKE = simulate_lake(users=3, days=2, seed=5)
 
@@ -64,7 +66,7 @@ def test_the_lambda_runtime_gives_the_pandas_rows_on_late_duplicate_and_out_of_o
         assert_same_rows(store.rows(name), build_features(fs, LAKE), fs)
     # each user's newest row is there for serving
     for u in LAKE["users"].user_id:
-        assert store.now("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1]
+        assert store.latest_row("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1]
 
 
 def test_bad_records_are_reported_the_good_ones_kept_and_repeat_failures_dead_lettered(built, app_env):
@@ -115,7 +117,7 @@ def test_serving_fills_a_request_from_online_features(built, app_env):
     store = SQLiteStore(app_env / "online.db")
     with Client(app.app) as c:
         post = lambda path, body: c.http.post(path, headers={"Content-Type": "application/json"}, body=json.dumps(body))  # noqa: E731
-        now = store.now("glucose_forecast", "u002")
+        now = store.latest_row("glucose_forecast", "u002")
         r = post("/models/glucose-forecast/predict", {"user_id": "u002"})
         assert r.status_code == 200 and r.json_body["online"]["user_id"] == "u002"
         full = post("/models/glucose-forecast/predict", {"rows": [{"user_id": "u002", "glucose_mgdl": now["glucose_mgdl"],
@@ -123,7 +125,7 @@ def test_serving_fills_a_request_from_online_features(built, app_env):
         assert r.json_body["predictions"] == full.json_body["predictions"]
         meal = {"carbs_g": 60.0, "fibre_g": 4.0, "fat_g": 12.0, "protein_g": 20.0, "hour": 8.5}
         r = post("/models/glucose-response/predict", {"user_id": "u002", "meal": meal})
-        ctx = store.now("meal_response", "u002")
+        ctx = store.latest_row("meal_response", "u002")
         row = {**{k: ctx[k] for k in ("bmi", "glucose_before", "glucose_trend")}, **meal}
         assert r.status_code == 200 and r.json_body["predictions"] == post("/models/glucose-response/predict", {"rows": [row]}).json_body["predictions"]
         # a missing entity is a clear 404; a missing meal field a 400 naming it
@@ -142,23 +144,23 @@ def test_dynamodb_store_and_sqs_dead_letters_behave_like_sqlite(moto_server, tmp
         assert st.put_events("glucose", "u1", ev, "event_id") == 60 and st.put_events("glucose", "u1", ev[::3], "event_id") == 0
         st.put_rows("fs", "u1", [{"event_id": f"g{i}", "ts": 1000 * i, "x": float(i)} for i in range(30)])
         st.put_rows("fs", "u1", [{"event_id": "g3", "ts": 3000, "x": -1.0}])
-        st.put_now("fs", "u1", {"x": float("nan")})
+        st.put_latest_row("fs", "u1", {"x": float("nan")})
         assert [st.attempt("r1", "bad"), st.attempt("r1", "bad")] == [1, 2]
-    for q in (lambda s: s.events("glucose", "u1"), lambda s: s.events("glucose", "u1", 5000, 9000), lambda s: s.newest("glucose", "u1"),
-              lambda s: s.rows("fs", "u1"), lambda s: s.rows("fs"), lambda s: s.now("fs", "nobody")):
+    for q in (lambda s: s.events("glucose", "u1"), lambda s: s.events("glucose", "u1", 5000, 9000), lambda s: s.newest_ts("glucose", "u1"),
+              lambda s: s.rows("fs", "u1"), lambda s: s.rows("fs"), lambda s: s.latest_row("fs", "nobody")):
         assert q(dyn) == q(lite)
-    assert np.isnan(dyn.now("fs", "u1")["x"])
+    assert np.isnan(dyn.latest_row("fs", "u1")["x"])
     assert dyn.prune("glucose", "u1", 30_000) == lite.prune("glucose", "u1", 30_000) == 30
     assert dyn.events("glucose", "u1") == lite.events("glucose", "u1")
     sqs = SQSDeadLetter("dead-test", "eu-west-1", moto_server, create=True)
     sqs.send("r1", "kinesis", "not JSON", "e30=")
-    assert [(d["record_id"], d["reason"]) for d in open_dead_letter("sqs://dead-test", "eu-west-1", moto_server).list()] == [("r1", "not JSON")]
+    assert [(d["record_id"], d["reason"]) for d in open_dead_letter("sqs://dead-test", "eu-west-1", moto_server).drain()] == [("r1", "not JSON")]
 
 
 def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, monkeypatch):
     """Records put on a (moto) Kinesis stream, read back with GetRecords, delivered to the app's handler in Lambda's event shape,
     redelivered from the lowest failed sequence number as Lambda does; features land in DynamoDB, dead letters in SQS."""
-    from nutrino_ml.online import aws_client
+    from nutrino_ml.runtime.online import aws_client
     kin = aws_client("kinesis", "eu-west-1", moto_server)
     kin.create_stream(StreamName="events-e2e", ShardCount=1)
     kin.get_waiter("stream_exists").wait(StreamName="events-e2e")
@@ -196,7 +198,7 @@ def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, 
     clean = {t: lake[t][lake[t].event_id.isin([e.get("event_id") for e in events])] if "event_id" in lake[t] else lake[t] for t in lake}
     for name, fs in FEATURE_SETS.items():
         assert_same_rows(store.rows(name, "u001"), build_features(fs, clean), fs)
-    dead = SQSDeadLetter("dead-e2e", "eu-west-1", moto_server).list()
+    dead = SQSDeadLetter("dead-e2e", "eu-west-1", moto_server).drain()
     assert len(dead) == 1 and "not JSON" in dead[0]["reason"]
     with Client(app.app) as c:
         r = c.http.post("/models/glucose-forecast/predict", headers={"Content-Type": "application/json"}, body=json.dumps({"user_id": "u001"}))

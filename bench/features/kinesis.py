@@ -13,9 +13,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def kinesis_throughput(batch_sizes=(100, 10_000), users=20, days=3, seed=3) -> dict:
     """{batch size: {records, batches, seconds, records_per_s, rows_written}} for the app's Kinesis handler."""
-    from nutrino_ml.export import load_app
+    import importlib.util
+    from nutrino_ml.replay import as_records, events_from_frames
+    from nutrino_ml.runtime.stream import kinesis_event
     from nutrino_ml.simulate import simulate_lake
-    from nutrino_ml.stream import as_records, events_from_frames, kinesis_event
+
+    def load_app(app_dir):
+        spec = importlib.util.spec_from_file_location(f"bench_app_{len(out)}", app_dir / "app.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
     events = events_from_frames(simulate_lake(users=users, days=days, seed=seed))
     records = as_records(events)
     out = {}

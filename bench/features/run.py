@@ -5,7 +5,7 @@ with the exported bundles vs `mlflow.pyfunc.spark_udf`.
 
 For each size (10^5 and 10^6 events; 10^7 with --big, see below) it writes a synthetic lake in the lake's schema
 (bench/features/worker.py `synth`: 14 daily partitions, a glucose reading every 5 minutes per user, ~3.5 meals a day),
-then runs `nutrino_ml.spark.build_feature_tables` with each engine, **each in a fresh process** (so the peak memory is
+then runs `nutrino_ml.offline.build_feature_tables` with each engine, **each in a fresh process** (so the peak memory is
 that engine's own; for Spark the JVM and its Python workers are counted too): read and check the raw tables, compute
 both feature sets, write both offline feature tables. It also times the feature computation alone on tables already
 read. Then it builds a small stack (simulated lake, `ploomber build`, both models promoted and exported into a copy of

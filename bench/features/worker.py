@@ -141,8 +141,9 @@ def features(lake_dir: str, engine: str, master: str, driver_memory: str) -> dic
     then the feature computation alone on tables already read (pandas: frames in memory; Spark: the lake's parquet
     read unchecked, output to the `noop` sink)."""
     from nutrino_ml.datalake import Lake
-    from nutrino_ml.features import FEATURE_SETS, build_features
-    from nutrino_ml.spark import build_feature_tables, build_features_spark, read_lake_table_spark, spark_session
+    from nutrino_ml.runtime.features import FEATURE_SETS
+    from nutrino_ml.offline import build_feature_tables, build_features
+    from nutrino_ml.spark import build_features_spark, read_lake_table_spark, spark_session
     settings, out = settings_for(lake_dir, master), {"engine": engine}
     raw = ("users", "meals", "glucose")
     if engine == "pandas":
@@ -184,9 +185,11 @@ def score(lake_dir: str, bundles: str, tracking_uri: str, rows: int, master: str
     import mlflow.pyfunc
     import numpy as np
     from pyspark.sql import functions as F
-    from nutrino_ml.features import FEATURE_SETS
-    from nutrino_ml.serving import ServedModels
-    from nutrino_ml.spark import feature_table, read_lake_table_spark, score_spark, spark_session
+    from nutrino_ml.runtime.features import FEATURE_SETS
+    from nutrino_ml.runtime.serving import ServedModels
+    from nutrino_ml.offline import feature_table
+    from nutrino_ml.scoring import score_spark
+    from nutrino_ml.spark import read_lake_table_spark, spark_session
     settings = settings_for(lake_dir, master)
     mlflow.set_tracking_uri(tracking_uri)
     spark = spark_session(settings, "nutrino_ml-bench-score", {"spark.driver.memory": driver_memory})

@@ -23,7 +23,7 @@ t0 = time.perf_counter()
 import app  # noqa: E402  the deployed module: Chalice app + ServedModels over chalicelib/models
 IMPORT_S = time.perf_counter() - t0
 
-from nutrino_ml import serving  # noqa: E402  the vendored copy the package carries
+from nutrino_ml.runtime import prediction_log, protocols, schema, serving  # noqa: E402  the vendored copy the package carries
 from chalice import Chalice  # noqa: E402  the runtime copy the package carries
 
 CASES = json.loads(open(rows_file).read())
@@ -43,6 +43,11 @@ def vmhwm_mib():
 
 LOG = app.models.log          # print_json_line: one JSON line per prediction on stdout
 def nolog(record): pass
+
+
+def native_answer(*a):
+    "What the native predict route computes: `protocols.native_answer` on the app's ServedModels."
+    return protocols.native_answer(app.models, *a)
 
 
 def chalice_dispatch(event, context):
@@ -85,10 +90,10 @@ for b in range(BLOCKS):
         got["handler_log"] = timed(app.app, events, per)
         app.models.log = nolog
         got["handler_nolog"] = timed(app.app, events, per)
-        # (ii) ServedModels.predict directly (the object the handler uses), both ways
-        got["direct_nolog"] = timed(app.models.predict, direct, per)
+        # (ii) protocols.native_answer on app.models directly (what the handler calls), both ways
+        got["direct_nolog"] = timed(native_answer, direct, per)
         app.models.log = LOG
-        got["direct_log"] = timed(app.models.predict, direct, per)
+        got["direct_log"] = timed(native_answer, direct, per)
         # (iii) the same route through Chalice's own dispatch (Request, middleware, Response), without the fast path
         got["chalice_log"] = timed(chalice_dispatch, events, per)
         app.models.log = nolog
@@ -105,17 +110,17 @@ for name, (bodies, events, direct) in SETUP.items() if DETAILS else ():
     m = app.models.resolve(name)
     pred = app.models.predictor(m)
     parsed = [(json.loads(b)["rows"],) for b in bodies]
-    cols = [(serving.validate_rows(p[0], m["inputs"]),) for p in parsed]
-    line = serving.prediction_line("bench-request", name, 1, "production", False, 0.012, None, preds[:1]) + "\n"
+    cols = [(schema.validate_rows(p[0], m["inputs"]),) for p in parsed]
+    line = prediction_log.prediction_line("bench-request", name, 1, "production", False, 0.012, None, preds[:1]) + "\n"
     pieces = {
         "json.loads(body)": timed(json.loads, [(b,) for b in bodies], n_req),
-        "decode_json+parse_body": timed(lambda b: serving.parse_body(serving.decode_json(b)), [(b,) for b in bodies], n_req),
+        "decode_json+native_rows": timed(lambda b: protocols.native_rows(protocols.decode_json(b)), [(b,) for b in bodies], n_req),
         "policy()": timed(app.models.policy, [(name,)], n_req),
         "route()": timed(app.models.route, [(name, None, None, "bench-request")], n_req),
-        "validate_rows": timed(lambda rows: serving.validate_rows(rows, m["inputs"]), parsed, n_req),
+        "validate_rows": timed(lambda rows: schema.validate_rows(rows, m["inputs"]), parsed, n_req),
         "predictor.predict": timed(pred.predict, cols, n_req),
         "score() (validate+predict)": timed(lambda rows: app.models.score(m, rows, None), parsed, n_req),
-        "prediction_line() (the log line)": timed(lambda: serving.prediction_line("bench-request", name, 1, "production", False,
+        "prediction_line() (the log line)": timed(lambda: prediction_log.prediction_line("bench-request", name, 1, "production", False,
                                                                                   0.012, None, preds[:1]), [()], n_req),
         "stdout write+flush of the line": timed(lambda: (sys.stdout.write(line), sys.stdout.flush()), [()], n_req),
     }

@@ -560,7 +560,7 @@ def markdown(res: dict) -> str:
     missed = [t["id"] for t in res["targets"] if not t["met"]]
     L += ["", f"**Targets missed: {', '.join(missed)}.**" if missed else "All targets met.", ""]
     L += ["**Warm, in-process, 1 row per request** (µs, p50 / p99; same rows, same version 1):", "",
-          "| model | handler, logging on | handler, logging off | `ServedModels.predict`, logging on | `ServedModels.predict`, logging off | "
+          "| model | handler, logging on | handler, logging off | `protocols.native_answer`, logging on | `protocols.native_answer`, logging off | "
           "same route through Chalice's own dispatch, logging on | `mlflow.pyfunc` predict | pyfunc's wrapped model, no schema enforcement |",
           "|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
@@ -580,7 +580,7 @@ def markdown(res: dict) -> str:
         L.append(f"| {k} | " + " | ".join(f"{w['lambda']['models'][n]['pieces_summary'][k]['p50_us']:.1f}"
                                            if k in w['lambda']['models'][n]['pieces_summary'] else "" for n in MODELS) + " |")
     S = {n: w["lambda"]["models"][n]["summary"] for n in MODELS}
-    L.append("| the handler around it: event → answer (handler − `ServedModels.predict`, p50s, logging off) | " + " | ".join(
+    L.append("| the handler around it: event → answer (handler − `protocols.native_answer`, p50s, logging off) | " + " | ".join(
         f"{S[n]['handler_nolog']['p50_us'] - S[n]['direct_nolog']['p50_us']:.1f}" for n in MODELS) + " |")
     L.append("| logging on − off (handler p50s) | " + " | ".join(
         f"{S[n]['handler_log']['p50_us'] - S[n]['handler_nolog']['p50_us']:.1f}" for n in MODELS) + " |")
@@ -622,7 +622,7 @@ def markdown(res: dict) -> str:
           "`POST /models/{name}/predict` as API Gateway sends it (17 headers, the request context; `bench/serving/common.py`) "
           "and a body `{\"rows\": [row]}`. \"Logging on\" leaves `app.models.log` as deployed "
           "(one JSON line per prediction to stdout, a pipe the launcher drains every 10 ms, as a log forwarder reads Lambda's stdout; a reader blocked on the pipe would be woken by each line, which on this 2-vCPU VM costs the writer an inter-processor interrupt through the hypervisor, 8–26 µs per line, and the table would time that instead of the handler; `bench/serving/spawn.py`), \"logging off\" points it at a no-op. "
-          "`ServedModels.predict` is `app.models.predict(name, raw_body)` on the same object. `mlflow.pyfunc` is "
+          "`protocols.native_answer` is `app.models.predict(name, raw_body)` on the same object. `mlflow.pyfunc` is "
           "`load_model(\"models:/<name>/1\").predict(df)` (sqlite tracking store of the run) with prebuilt 1-row DataFrames of the same rows "
           "(parquet dtypes; building them is not timed, so MLflow is not charged for parsing JSON while ours is). Timer: "
           "`perf_counter_ns` around each call, GC on. The Lambda worker and the pyfunc worker of a round run side by side and take turns "

@@ -13,7 +13,7 @@ code_hash = None
 # %%
 import json
 import pandas as pd
-from nutrino_ml.features import time_split
+from nutrino_ml.offline import time_split
 from nutrino_ml.models import model_spec, load_model, evaluate_model
 
 spec = model_spec(model_name)

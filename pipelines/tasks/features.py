@@ -11,8 +11,8 @@ code_hash = None
 
 # %%
 from nutrino_ml.config import load_settings
-from nutrino_ml.features import FEATURE_SETS
-from nutrino_ml.spark import build_feature_frames
+from nutrino_ml.runtime.features import FEATURE_SETS
+from nutrino_ml.offline import build_feature_frames
 
 frames = build_feature_frames({t: upstream["extract"][t] for t in ("users", "meals", "glucose")}, engine, load_settings())
 

@@ -17,7 +17,7 @@ code_hash = None
 import json
 import pandas as pd
 from nutrino_ml.config import load_settings
-from nutrino_ml.features import time_split
+from nutrino_ml.offline import time_split
 from nutrino_ml.models import model_spec, load_model
 from nutrino_ml.bundle import build_bundle
 from nutrino_ml.registry import log_and_register

@@ -13,7 +13,7 @@ code_hash = None
 
 # %%
 import pandas as pd
-from nutrino_ml.features import time_split
+from nutrino_ml.offline import time_split
 from nutrino_ml.models import model_spec, train_model, save_model, describe_model
 
 spec = model_spec(model_name)
