@@ -151,7 +151,7 @@ def v2_infer_version(name, version):
 def stream_processor():
     """The StreamProcessor of this container: online store, dead letters, attempts from the settings."""
     from nutrino_ml.runtime.stream import open_stream_processor
-    return open_stream_processor(SETTINGS.online_store, SETTINGS.dead_letter, REGION, SETTINGS.aws_endpoint_url, int(SETTINGS.stream_max_attempts))
+    return open_stream_processor(SETTINGS.online_store, SETTINGS.dead_letter, REGION, SETTINGS.aws_endpoint_url, SETTINGS.stream_max_attempts)
 
 
 @app.on_kinesis_record(stream=SETTINGS.stream_name, batch_size=100, starting_position="TRIM_HORIZON")

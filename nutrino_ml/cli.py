@@ -9,201 +9,38 @@ from pathlib import Path
 from .config import disable_telemetry, load_settings
 
 # %% auto #0
-__all__ = ['cmd_settings', 'cmd_simulate', 'cmd_validate', 'cmd_list', 'cmd_promote', 'cmd_lineage', 'cmd_rollback', 'cmd_route',
-           'cmd_log_collect', 'cmd_log_compare', 'cmd_export', 'cmd_package', 'cmd_smoke', 'cmd_stream_replay',
-           'cmd_features_build', 'cmd_score', 'cmd_schedule_airflow', 'cmd_import_zeppelin', 'make_parser', 'main']
+__all__ = ['command_group', 'make_parser', 'main', 'walk_parsers', 'command_names']
 
 # %% ../nbs/09_cli.ipynb #219c507b
-def _lake(s):
-    from nutrino_ml.datalake import Lake
-    return Lake(s.datalake_root, s.s3_endpoint_url, s.region)
+def _command(sub, name:str, fn, help:str) -> argparse.ArgumentParser:
+    "Add command `name` to the subparsers `sub`, running `fn(settings, args)`; returns its parser, for the arguments."
+    p = sub.add_parser(name, help=help, description=help)
+    p.set_defaults(fn=fn)
+    return p
 
-def cmd_settings(s, a): print(json.dumps(s.__dict__, indent=1))
-
-def cmd_simulate(s, a):
-    from nutrino_ml.simulate import simulate_lake, write_simulated_lake
-    n = write_simulated_lake(_lake(s), simulate_lake(a.users, a.days, a.seed, a.start), a.start)
-    print(f"wrote a synthetic lake to {s.datalake_root}: " + ", ".join(f"{k} {v} rows" for k, v in n.items()))
-
-def cmd_validate(s, a):
-    lake = _lake(s)
-    for t in ("users", "meals", "glucose"):
-        df = lake.read_table(t)
-        print(f"{t}: {df.dt.nunique()} partitions, {len(df)} rows: ok")
+def _group(sub, name:str, help:str):
+    "Add command group `name` (e.g. `models`) to `sub`; returns the subparsers its actions go into."
+    g = sub.add_parser(name, help=help, description=help)
+    return g.add_subparsers(dest="action", required=True, help=f"what to do; `nutrino-ml {name} ACTION --help` shows its options")
 
 # %% ../nbs/09_cli.ipynb #e682226a
-def _client(s):
-    from mlflow.tracking import MlflowClient
-    return MlflowClient(s.mlflow_tracking_uri)
+_GROUPS = {}  # function name -> function adding a command or a group of commands, in notebook order
 
-def cmd_list(s, a):
-    from nutrino_ml.registry import list_models
-    df = list_models(_client(s))
-    print(df.drop(columns="run_id").to_string(index=False) if len(df) else f"no registered models in {s.mlflow_tracking_uri}")
+def command_group(add):
+    "Register `add(sub)`, which adds commands to `nutrino-ml`'s subparsers; `make_parser` calls it."
+    _GROUPS[add.__name__] = add  # by name: running the cell again replaces it
+    return add
 
-def cmd_promote(s, a):
-    from nutrino_ml.registry import promote
-    r = promote(_client(s), a.name, a.version, a.alias)
-    print(f"{r['name']}: {r['alias']} -> version {r['version']}" + (f" (was {r['previous']}; now 'rollback')" if r["previous"] and a.alias == "production" and r["previous"] != r["version"] else ""))
-
-# %% ../nbs/09_cli.ipynb #fbdcd8f2
-def cmd_lineage(s, a):
-    from nutrino_ml.lineage import format_lineage, lineage
-    d = lineage(_client(s), a.name, a.version)
-    print(json.dumps(d, indent=1, default=str) if a.json else format_lineage(d))
-
-def cmd_rollback(s, a):
-    from nutrino_ml.registry import rollback
-    r = rollback(_client(s), a.name)
-    print(f"{r['name']}: production -> version {r['version']} (version {r['previous']} is now 'rollback')")
-
-def cmd_route(s, a):
-    from nutrino_ml.registry import parse_weights, set_policy
-    p = set_policy(_client(s), a.name, parse_weights(a.weights), a.shadow, a.sticky_key)
-    print(f"{a.name}: traffic " + ", ".join(f"{k} {w:g}%" for k, w in p["weights"].items())
-          + (f"; shadow {p['shadow']}" if p["shadow"] else "") + (f"; sticky on {p['sticky_key']}" if p["sticky_key"] else "")
-          + ". Run `nutrino-ml export` to serve it.")
-
-# %% ../nbs/09_cli.ipynb #aa2beb33
-def cmd_log_collect(s, a):
-    from nutrino_ml.inference_log import collect_log
-    lines = [l for f in a.files for l in (sys.stdin if f == "-" else open(f, encoding="utf-8"))]
-    r = collect_log(_lake(s), lines)
-    print(f"inference_log in {s.datalake_root}: {r['added']} records added, {r['already_there']} already there, {r['other_lines']} other lines skipped")
-
-def cmd_log_compare(s, a):
-    from nutrino_ml.inference_log import compare_versions, read_inference_log
-    df = compare_versions(read_inference_log(_lake(s)))
-    print((df[df.model == a.model] if a.model else df).to_string(index=False))
-
-# %% ../nbs/09_cli.ipynb #c243c5f3
-def cmd_export(s, a):
-    from nutrino_ml.export import export_bundles, copy_runtime
-    ms = export_bundles(s.mlflow_tracking_uri, Path(s.bundle_dir), tuple(a.live.split(",")))
-    copy_runtime(Path(s.app_dir))
-    for m in ms: print(f"exported {m['name']} version {m['version']} {m['aliases']} ({m['format']}) -> {s.bundle_dir}/{m['name']}/{m['version']}")
-
-def cmd_package(s, a):
-    from nutrino_ml.package import package_app
-    r = package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode)
-    pyc = f"; bytecode: {r['bytecode']['modules']} modules ({r['bytecode']['how']})" if r["bytecode"] else ""
-    print(f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}\n{r['sam']}")
-
-def cmd_smoke(s, a):
-    from nutrino_ml.local import smoke_app
-    for r in smoke_app(Path(s.app_dir), a.port, a.online):
-        print(f"POST /models/{r['model']}/predict -> {r['status']}\n  request: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}")
-        if r["status"] != 200: raise RuntimeError(f"{r['model']}: the app answered {r['status']}")
-
-# %% ../nbs/09_cli.ipynb #8a86d834
-def cmd_stream_replay(s, a):
-    from nutrino_ml.replay import as_records, events_from_frames, replay
-    from nutrino_ml.runtime.stream import event_records, open_stream_processor
-    lake = _lake(s)
-    events = events_from_frames({t: lake.read_table(t) for t in ("users", "meals", "glucose")})
-    profiles, timed = [e for e in events if e["type"] == "user"], [e for e in events if e["type"] != "user"]
-    timed = timed[-a.last:] if a.last else timed
-    proc = open_stream_processor(s.online_store, s.dead_letter, s.region, s.aws_endpoint_url, int(s.stream_max_attempts))
-    r = replay(lambda event, ctx: proc.process(event_records(event)), as_records(profiles + timed), a.batch_size)
-    print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
-          f"the Kinesis handler's runtime in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
-
-def cmd_features_build(s, a):
-    from nutrino_ml.offline import build_feature_tables
-    for name, r in build_feature_tables(s, a.engine, a.feature_set or None).items():
-        print(f"{name}: {r['rows']} rows in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
-
-def cmd_score(s, a):
-    from nutrino_ml.scoring import score_to_lake
-    r = score_to_lake(s, a.model, a.engine)
-    print(f"{r['model']} version {r['version']}: {r['rows']} predictions ({r['rejected']} rows refused by its schema) "
-          f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
-
-def cmd_schedule_airflow(s, a):
-    from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags
-    if any("=" not in kv for kv in a.env): raise ValueError(f"--env takes KEY=VALUE, got {a.env}")
-    env = dict(kv.split("=", 1) for kv in a.env) if a.env else None
-    for f in airflow_dags(Path(a.pipeline or DEFAULT_PIPELINE_DIR), Path(a.out), a.project, a.venv, a.products, env):
-        print(f"wrote {f}")
-
-def cmd_import_zeppelin(s, a):
-    from nutrino_ml.zeppelin import import_zeppelin, summary_line
-    print(summary_line(import_zeppelin(Path(a.note), Path(a.to), overwrite=a.force)))
-
-# %% ../nbs/09_cli.ipynb #9e164f71
 def make_parser() -> argparse.ArgumentParser:
     "The `nutrino-ml` argument parser."
     p = argparse.ArgumentParser(prog="nutrino-ml", description="nutrino_ml: notebook-first ML from datalake to Lambda")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("settings", help="print the active settings").set_defaults(fn=cmd_settings)
-    lake = sub.add_parser("datalake", help="the parquet datalake").add_subparsers(dest="action", required=True)
-    sim = lake.add_parser("simulate", help="write a synthetic lake")
-    sim.add_argument("--users", type=int, default=20); sim.add_argument("--days", type=int, default=14)
-    sim.add_argument("--seed", type=int, default=0); sim.add_argument("--start", default="2026-01-01")
-    sim.set_defaults(fn=cmd_simulate)
-    lake.add_parser("validate", help="check every partition").set_defaults(fn=cmd_validate)
-    models = sub.add_parser("models", help="the MLflow model registry").add_subparsers(dest="action", required=True)
-    models.add_parser("list", help="registered versions").set_defaults(fn=cmd_list)
-    pr = models.add_parser("promote", help="point an alias at a version")
-    pr.add_argument("name"); pr.add_argument("version", help="a version number, or 'latest'")
-    pr.add_argument("--alias", default="production", help="production (default), rollback, canary, production-b, ...")
-    pr.set_defaults(fn=cmd_promote)
-    rb = models.add_parser("rollback", help="production back to the 'rollback' version")
-    rb.add_argument("name"); rb.set_defaults(fn=cmd_rollback)
-    li = sub.add_parser("lineage", help="what a registered version was trained from: run, git, notebooks, library, params, partitions")
-    li.add_argument("name"); li.add_argument("version", help="a version number, an alias, or 'latest'")
-    li.add_argument("--json", action="store_true", help="as JSON"); li.set_defaults(fn=cmd_lineage)
-    rt = models.add_parser("route", help="set the traffic policy: weights, shadows, sticky key")
-    rt.add_argument("name"); rt.add_argument("--weights", required=True, help="ALIAS_OR_VERSION=PERCENT,... adding up to 100, e.g. production=90,canary=10")
-    rt.add_argument("--shadow", action="append", default=[], help="a version or alias that scores requests without answering (repeatable)")
-    rt.add_argument("--sticky-key", default=None, help="request field that pins an entity to its version, e.g. user_id")
-    rt.set_defaults(fn=cmd_route)
-    il = sub.add_parser("inference-log", help="served predictions in the lake").add_subparsers(dest="action", required=True)
-    co = il.add_parser("collect", help="add the prediction records of app log files (or - for stdin) to the lake")
-    co.add_argument("files", nargs="+"); co.set_defaults(fn=cmd_log_collect)
-    cp = il.add_parser("compare", help="versions side by side on logged traffic")
-    cp.add_argument("--model", default=None); cp.set_defaults(fn=cmd_log_compare)
-    ex = sub.add_parser("export", help="write live versions into the Chalice app")
-    ex.add_argument("--live", default="production,canary", help="alias families that are served")
-    ex.set_defaults(fn=cmd_export)
-    sm = sub.add_parser("smoke", help="predict through chalice local over HTTP")
-    sm.add_argument("--port", type=int, default=None)
-    sm.add_argument("--online", default=None, metavar="ENTITY", help="also predict for this entity (e.g. u003) from the online store")
-    sm.set_defaults(fn=cmd_smoke)
-    pk = sub.add_parser("package", help="chalice package the app for Lambda, checked (dependencies, size limits) and with the cold path precompiled")
-    pk.add_argument("out", help="output folder (deployment.zip, sam.json)")
-    pk.add_argument("--stage", default="dev", help="a stage of .chalice/config.json")
-    pk.add_argument("--no-bytecode", action="store_true", help="leave out the cold path's .pyc")
-    pk.set_defaults(fn=cmd_package)
-    st = sub.add_parser("stream", help="the Kinesis feature runtime").add_subparsers(dest="action", required=True)
-    rp = st.add_parser("replay", help="send the lake's events through the app's Kinesis handler into the online store")
-    rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")
-    rp.add_argument("--batch-size", type=int, default=100); rp.set_defaults(fn=cmd_stream_replay)
-    fe = sub.add_parser("features", help="offline feature tables in the lake").add_subparsers(dest="action", required=True)
-    fb = fe.add_parser("build", help="compute the feature sets over the whole lake into features_<set>/dt=.../")
-    fb.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
-    fb.add_argument("--feature-set", action="append", default=[], help="only this feature set (repeatable)")
-    fb.set_defaults(fn=cmd_features_build)
-    so = sub.add_parser("score", help="batch-score the offline feature table with an exported bundle into predictions_<model>/")
-    so.add_argument("--model", required=True, help="NAME or NAME@ALIAS_OR_VERSION (default alias: production)")
-    so.add_argument("--engine", choices=["spark", "pandas"], default="spark"); so.set_defaults(fn=cmd_score)
-    sc = sub.add_parser("schedule", help="scheduled training").add_subparsers(dest="action", required=True)
-    af = sc.add_parser("airflow", help="write one Airflow DAG per model (schedule and retries from pipelines/env.yaml)")
-    af.add_argument("--out", required=True, help="the Airflow dags folder")
-    af.add_argument("--pipeline", default=None, help="the pipelines/ folder to read (this checkout's by default)")
-    af.add_argument("--project", default=None, help="the checkout the tasks run in on the workers (default: this one)")
-    af.add_argument("--venv", default=None, help="the project's virtualenv on the workers (default: <project>/.venv)")
-    af.add_argument("--products", default=None, help="where the tasks write products (default: <project>/pipelines/products)")
-    af.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a variable for every task, e.g. NUTRINO_PROFILE=aws (repeatable)")
-    af.set_defaults(fn=cmd_schedule_airflow)
-    zp = sub.add_parser("import-zeppelin", help="turn a Zeppelin note (.zpln or 0.8 note.json) into a notebook")
-    zp.add_argument("note"); zp.add_argument("--to", required=True, help="the notebook to write, e.g. nbs/13_my_note.ipynb")
-    zp.add_argument("--force", action="store_true", help="overwrite an existing notebook"); zp.set_defaults(fn=cmd_import_zeppelin)
+    sub = p.add_subparsers(dest="command", required=True, help="what to do; `nutrino-ml COMMAND --help` shows its options")
+    for add in _GROUPS.values(): add(sub)
     return p
 
-# %% ../nbs/09_cli.ipynb #6f1d6c94
+# %% ../nbs/09_cli.ipynb #fbdcd8f2
 def main(argv:list|None=None) -> int:
-    "Entry point of `nutrino-ml`."
+    "Entry point of `nutrino-ml`: run the command in `argv` (`sys.argv[1:]` by default); 0, or 2 for a mistake the user can fix."
     disable_telemetry()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per exported bundle is enough
     a = make_parser().parse_args(argv)
@@ -212,3 +49,302 @@ def main(argv:list|None=None) -> int:
         print(f"nutrino-ml {a.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/09_cli.ipynb #aa2beb33
+def _cmd_settings(s, a):
+    "Print the settings `s` as JSON."
+    print(json.dumps(s.__dict__, indent=1))
+
+@command_group
+def _add_settings(sub):
+    _command(sub, "settings", _cmd_settings, "print the resolved settings of the active profile as JSON")
+
+# %% ../nbs/09_cli.ipynb #9e164f71
+def _lake(s):
+    from nutrino_ml.datalake import Lake
+    return Lake(s.datalake_root, s.s3_endpoint_url, s.region)
+
+def _cmd_simulate(s, a):
+    "Write a synthetic lake of `a.users` users over `a.days` days from `a.start` into the settings' lake."
+    from nutrino_ml.simulate import simulate_lake, write_simulated_lake
+    n = write_simulated_lake(_lake(s), simulate_lake(a.users, a.days, a.seed, a.start), a.start)
+    print(f"wrote a synthetic lake to {s.datalake_root}: " + ", ".join(f"{k} {v} rows" for k, v in n.items()))
+
+def _cmd_validate(s, a):
+    "Read and check every partition of the lake's tables; print partitions and rows per table."
+    lake = _lake(s)
+    for t in ("users", "meals", "glucose"):
+        df = lake.read_table(t)
+        print(f"{t}: {df.dt.nunique()} partitions, {len(df)} rows: ok")
+
+# %% ../nbs/09_cli.ipynb #6f1d6c94
+@command_group
+def _add_datalake(sub):
+    lake = _group(sub, "datalake", "the parquet datalake")
+    sim = _command(lake, "simulate", _cmd_simulate, "write a synthetic lake: users, meals and glucose readings in daily partitions")
+    sim.add_argument("--users", type=int, default=20, help="how many users (default %(default)s)")
+    sim.add_argument("--days", type=int, default=14, help="days of meals and readings (default %(default)s)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same lake (default %(default)s)")
+    sim.add_argument("--start", default="2026-01-01", help="the first day, YYYY-MM-DD in UTC (default %(default)s)")
+    _command(lake, "validate", _cmd_validate, "read and check every partition of every table")
+
+# %% ../nbs/09_cli.ipynb #46da00dc
+def _client(s):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(s.mlflow_tracking_uri)
+
+def _cmd_list(s, a):
+    "Print the registered versions with their aliases and metrics."
+    from nutrino_ml.registry import list_models
+    df = list_models(_client(s))
+    print(df.drop(columns="run_id").to_string(index=False) if len(df) else f"no registered models in {s.mlflow_tracking_uri}")
+
+# %% ../nbs/09_cli.ipynb #cf07e85c
+def _promoted(r:dict, alias:str) -> str:
+    "The line `models promote` prints for `promote`'s result `r`."
+    replaced = r["previous"] and alias == "production" and r["previous"] != r["version"]
+    return f"{r['name']}: {r['alias']} -> version {r['version']}" + (f" (was {r['previous']}; now 'rollback')" if replaced else "")
+
+def _cmd_promote(s, a):
+    "Point alias `a.alias` of model `a.name` at `a.version`."
+    from nutrino_ml.registry import promote
+    print(_promoted(promote(_client(s), a.name, a.version, a.alias), a.alias))
+
+def _cmd_rollback(s, a):
+    "Move `production` of model `a.name` back to its `rollback` version."
+    from nutrino_ml.registry import rollback
+    r = rollback(_client(s), a.name)
+    print(f"{r['name']}: production -> version {r['version']} (version {r['previous']} is now 'rollback')")
+
+# %% ../nbs/09_cli.ipynb #6962e9ec
+def _policy_line(name:str, p:dict) -> str:
+    "The line `models route` prints for model `name`'s policy `p`."
+    line = f"{name}: traffic " + ", ".join(f"{k} {w:g}%" for k, w in p["weights"].items())
+    if p["shadow"]: line += f"; shadow {p['shadow']}"
+    if p["sticky_key"]: line += f"; sticky on {p['sticky_key']}"
+    return line + ". Run `nutrino-ml export` to serve it."
+
+def _cmd_route(s, a):
+    "Set the traffic policy of model `a.name`: weights, shadow versions, sticky key."
+    from nutrino_ml.registry import parse_weights, set_policy
+    print(_policy_line(a.name, set_policy(_client(s), a.name, parse_weights(a.weights), a.shadow, a.sticky_key)))
+
+# %% ../nbs/09_cli.ipynb #b140c9a8
+def _add_promote(models):
+    pr = _command(models, "promote", _cmd_promote, "point an alias at a version (latest = the newest); the production it replaces becomes rollback")
+    pr.add_argument("name", help="the registered model, e.g. glucose-forecast")
+    pr.add_argument("version", help="a version number, or 'latest'")
+    pr.add_argument("--alias", default="production", help="production (default), rollback, canary, production-b, ...")
+
+def _add_rollback(models):
+    rb = _command(models, "rollback", _cmd_rollback, "production back to the 'rollback' version")
+    rb.add_argument("name", help="the registered model, e.g. glucose-forecast")
+
+# %% ../nbs/09_cli.ipynb #28952b2c
+def _add_route(models):
+    rt = _command(models, "route", _cmd_route, "set the traffic policy: weights, shadow versions, sticky key")
+    rt.add_argument("name", help="the registered model, e.g. glucose-forecast")
+    rt.add_argument("--weights", required=True, help="ALIAS_OR_VERSION=PERCENT,... adding up to 100, e.g. production=90,canary=10")
+    rt.add_argument("--shadow", action="append", default=[], help="a version or alias that scores requests without answering (repeatable)")
+    rt.add_argument("--sticky-key", default=None, help="request field that pins an entity to its version, e.g. user_id")
+
+@command_group
+def _add_models(sub):
+    models = _group(sub, "models", "the MLflow model registry")
+    _command(models, "list", _cmd_list, "registered versions with their aliases and metrics")
+    for add in (_add_promote, _add_rollback, _add_route): add(models)
+
+# %% ../nbs/09_cli.ipynb #71c4c8f1
+def _cmd_lineage(s, a):
+    "Print the lineage of version `a.version` (a number, an alias or 'latest') of model `a.name`."
+    from nutrino_ml.lineage import format_lineage, lineage
+    d = lineage(_client(s), a.name, a.version)
+    print(json.dumps(d, indent=1, default=str) if a.json else format_lineage(d))
+
+@command_group
+def _add_lineage(sub):
+    li = _command(sub, "lineage", _cmd_lineage, "what a registered version was trained from: run, git, notebooks, library, params, partitions")
+    li.add_argument("name", help="the registered model, e.g. glucose-forecast")
+    li.add_argument("version", help="a version number, an alias, or 'latest'")
+    li.add_argument("--json", action="store_true", help="as JSON")
+
+# %% ../nbs/09_cli.ipynb #6b276ebf
+def _log_lines(files:list) -> list:
+    "The lines of the log `files`, `-` being stdin."
+    return [l for f in files for l in (sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8")).splitlines()]
+
+def _cmd_log_collect(s, a):
+    "Add the prediction records of the log files `a.files` to the lake's `inference_log` table."
+    from nutrino_ml.inference_log import collect_log
+    r = collect_log(_lake(s), _log_lines(a.files))
+    print(f"inference_log in {s.datalake_root}: {r['added']} records added, {r['already_there']} already there, {r['other_lines']} other lines skipped")
+
+def _cmd_log_compare(s, a):
+    "Print the logged versions side by side, of model `a.model` or of every model."
+    from nutrino_ml.inference_log import compare_versions, read_inference_log
+    df = compare_versions(read_inference_log(_lake(s)))
+    print((df[df.model == a.model] if a.model else df).to_string(index=False))
+
+# %% ../nbs/09_cli.ipynb #7dacddfb
+@command_group
+def _add_inference_log(sub):
+    il = _group(sub, "inference-log", "served predictions in the lake")
+    co = _command(il, "collect", _cmd_log_collect, "add the prediction records of app log files (or - for stdin) to the lake")
+    co.add_argument("files", nargs="+", help="app log files with one JSON line per prediction; - reads stdin")
+    cp = _command(il, "compare", _cmd_log_compare, "versions side by side on logged traffic")
+    cp.add_argument("--model", default=None, help="only this model (default: every model)")
+
+# %% ../nbs/09_cli.ipynb #28a30d2d
+def _cmd_export(s, a):
+    "Write the versions with an alias in `a.live` into the app's bundles, and the serving runtime into the app."
+    from nutrino_ml.export import export_bundles, copy_runtime
+    ms = export_bundles(s.mlflow_tracking_uri, Path(s.bundle_dir), tuple(a.live.split(",")))
+    copy_runtime(Path(s.app_dir))
+    for m in ms: print(f"exported {m['name']} version {m['version']} {m['aliases']} ({m['format']}) -> {s.bundle_dir}/{m['name']}/{m['version']}")
+
+@command_group
+def _add_export(sub):
+    ex = _command(sub, "export", _cmd_export, "write the live versions and the serving runtime into the Chalice app")
+    ex.add_argument("--live", default="production,canary", help="alias families that are served (default %(default)s)")
+
+# %% ../nbs/09_cli.ipynb #5672b64b
+def _answer_lines(r:dict) -> str:
+    "What `smoke` prints for one of `smoke_app`'s answers."
+    return f"POST /models/{r['model']}/predict -> {r['status']}\n  request: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}"
+
+def _cmd_smoke(s, a):
+    "Predict each served model through `chalice local` over HTTP; RuntimeError on an answer other than 200."
+    from nutrino_ml.local import smoke_app
+    for r in smoke_app(Path(s.app_dir), a.port, a.online):
+        print(_answer_lines(r))
+        if r["status"] != 200: raise RuntimeError(f"{r['model']}: the app answered {r['status']}")
+
+@command_group
+def _add_smoke(sub):
+    sm = _command(sub, "smoke", _cmd_smoke, "predict through chalice local over HTTP")
+    sm.add_argument("--port", type=int, default=None, help="the port chalice local listens on (default: a free one)")
+    sm.add_argument("--online", default=None, metavar="ENTITY", help="also predict for this entity (e.g. u003) from the online store")
+
+# %% ../nbs/09_cli.ipynb #8081bad2
+def _package_line(r:dict) -> str:
+    "What `package` prints for `package_app`'s result `r`."
+    pyc = f"; bytecode: {r['bytecode']['modules']} modules ({r['bytecode']['how']})" if r["bytecode"] else ""
+    return f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}\n{r['sam']}"
+
+def _cmd_package(s, a):
+    "`chalice package` the settings' app into `a.out` for stage `a.stage`, checked."
+    from nutrino_ml.package import package_app
+    print(_package_line(package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode)))
+
+@command_group
+def _add_package(sub):
+    pk = _command(sub, "package", _cmd_package, "chalice package the app for Lambda, checked (dependencies, size limits) and with the cold path precompiled")
+    pk.add_argument("out", help="output folder (deployment.zip, sam.json)")
+    pk.add_argument("--stage", default="dev", help="a stage of .chalice/config.json (default %(default)s)")
+    pk.add_argument("--no-bytecode", action="store_true", help="leave out the cold path's .pyc")
+
+# %% ../nbs/09_cli.ipynb #46c96146
+def _lake_events(lake, last:int|None=None) -> tuple:
+    "`(profile events, meal and reading events)` of `lake`, only the `last` meals and readings if given."
+    from nutrino_ml.replay import events_from_frames
+    events = events_from_frames({t: lake.read_table(t) for t in ("users", "meals", "glucose")})
+    profiles, timed = [e for e in events if e["type"] == "user"], [e for e in events if e["type"] != "user"]
+    return profiles, timed[-last:] if last else timed
+
+# %% ../nbs/09_cli.ipynb #a18e2c6a
+def _cmd_stream_replay(s, a):
+    "Replay the lake's events through the Kinesis handler's runtime into the settings' online store."
+    from nutrino_ml.replay import as_records, replay
+    from nutrino_ml.runtime.stream import event_records, open_stream_processor
+    profiles, timed = _lake_events(_lake(s), a.last)
+    proc = open_stream_processor(s.online_store, s.dead_letter, s.region, s.aws_endpoint_url, s.stream_max_attempts)
+    r = replay(lambda event, ctx: proc.process(event_records(event)), as_records(profiles + timed), a.batch_size)
+    print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
+          f"the Kinesis handler's runtime in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")
+
+@command_group
+def _add_stream(sub):
+    st = _group(sub, "stream", "the Kinesis feature runtime")
+    rp = _command(st, "replay", _cmd_stream_replay, "send the lake's events through the app's Kinesis handler into the online store")
+    rp.add_argument("--last", type=int, default=None, help="only the last N meals and readings (profiles always)")
+    rp.add_argument("--batch-size", type=int, default=100, help="records per delivery, as the Kinesis trigger's batch size (default %(default)s)")
+
+# %% ../nbs/09_cli.ipynb #249bdd8f
+def _cmd_features_build(s, a):
+    "Build the offline feature tables (all, or `a.feature_set`) with engine `a.engine`."
+    from nutrino_ml.offline import build_feature_tables
+    for name, r in build_feature_tables(s, a.engine, a.feature_set or None).items():
+        print(f"{name}: {r['rows']} rows in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+
+@command_group
+def _add_features(sub):
+    fe = _group(sub, "features", "offline feature tables in the lake")
+    fb = _command(fe, "build", _cmd_features_build, "compute the feature sets over the whole lake into features_<set>/dt=.../")
+    fb.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
+    fb.add_argument("--feature-set", action="append", default=[], help="only this feature set (repeatable)")
+
+# %% ../nbs/09_cli.ipynb #55f7e6a8
+def _cmd_score(s, a):
+    "Score the offline feature table with the exported version `a.model` into `predictions_<model>`."
+    from nutrino_ml.scoring import score_to_lake
+    r = score_to_lake(s, a.model, a.engine)
+    print(f"{r['model']} version {r['version']}: {r['rows']} predictions ({r['rejected']} rows refused by its schema) "
+          f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+
+@command_group
+def _add_score(sub):
+    so = _command(sub, "score", _cmd_score, "batch-score the offline feature table with an exported bundle into predictions_<model>/")
+    so.add_argument("--model", required=True, help="NAME or NAME@ALIAS_OR_VERSION (default alias: production)")
+    so.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
+
+# %% ../nbs/09_cli.ipynb #8b166536
+def _env_pairs(pairs:list) -> dict|None:
+    "`KEY=VALUE` strings as a dict, None for none; ValueError if one has no '='."
+    if any("=" not in kv for kv in pairs): raise ValueError(f"--env takes KEY=VALUE, got {pairs}")
+    return dict(kv.split("=", 1) for kv in pairs) if pairs else None
+
+def _cmd_schedule_airflow(s, a):
+    "Write one Airflow DAG per model of the pipeline into `a.out`."
+    from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags
+    env = _env_pairs(a.env)
+    for f in airflow_dags(Path(a.pipeline or DEFAULT_PIPELINE_DIR), Path(a.out), a.project, a.venv, a.products, env):
+        print(f"wrote {f}")
+
+# %% ../nbs/09_cli.ipynb #8f132255
+@command_group
+def _add_schedule(sub):
+    sc = _group(sub, "schedule", "scheduled training")
+    af = _command(sc, "airflow", _cmd_schedule_airflow, "write one Airflow DAG per model (schedule and retries from pipelines/env.yaml)")
+    af.add_argument("--out", required=True, help="the Airflow dags folder")
+    af.add_argument("--pipeline", default=None, help="the pipelines/ folder to read (this checkout's by default)")
+    af.add_argument("--project", default=None, help="the checkout the tasks run in on the workers (default: this one)")
+    af.add_argument("--venv", default=None, help="the project's virtualenv on the workers (default: <project>/.venv)")
+    af.add_argument("--products", default=None, help="where the tasks write products (default: <project>/pipelines/products)")
+    af.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a variable for every task, e.g. NUTRINO_PROFILE=aws (repeatable)")
+
+# %% ../nbs/09_cli.ipynb #c2815d1f
+def _cmd_import_zeppelin(s, a):
+    "Write the Zeppelin note `a.note` as the notebook `a.to`."
+    from nutrino_ml.zeppelin import import_zeppelin, summary_line
+    print(summary_line(import_zeppelin(Path(a.note), Path(a.to), overwrite=a.force)))
+
+@command_group
+def _add_import_zeppelin(sub):
+    zp = _command(sub, "import-zeppelin", _cmd_import_zeppelin, "turn a Zeppelin note (.zpln or 0.8 note.json) into a notebook")
+    zp.add_argument("note", help="the Zeppelin note: a .zpln file or a 0.8 note.json")
+    zp.add_argument("--to", required=True, help="the notebook to write, e.g. nbs/13_my_note.ipynb")
+    zp.add_argument("--force", action="store_true", help="overwrite an existing notebook")
+
+# %% ../nbs/09_cli.ipynb #6f34f5b7
+def walk_parsers(p:argparse.ArgumentParser, # a parser, e.g. `make_parser()`
+                 words:tuple=()             # the command words that lead to `p`
+                ):
+    "Yield `(command words, parser)` for `p` and every sub-command parser under it, depth first."
+    yield words, p
+    for a in p._actions:  # argparse has no public way to list sub-commands
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sp in a.choices.items(): yield from walk_parsers(sp, words + (name,))
+
+def command_names(p:argparse.ArgumentParser) -> list:
+    "The commands of parser `p` that run something, e.g. 'models route'."
+    return [" ".join(words) for words, sp in walk_parsers(p) if sp.get_default("fn")]

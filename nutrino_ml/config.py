@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TELEMETRY_OFF', 'EMBEDDED_DEFAULTS', 'disable_telemetry', 'Settings', 'resolve_path', 'find_settings_file',
-           'load_settings']
+__all__ = ['TELEMETRY_OFF', 'EMBEDDED_DEFAULTS', 'TYPED_KEYS', 'disable_telemetry', 'Settings', 'whole_number', 'convert_value',
+           'resolve_path', 'find_settings_file', 'load_settings']
 
 # %% ../nbs/00_config.ipynb #86d98ff2
 TELEMETRY_OFF = {
@@ -41,7 +41,7 @@ class Settings:
     stream_name: str               # Kinesis stream of raw events
     online_store: str              # sqlite:///... or dynamodb://table
     dead_letter: str               # where stream records that keep failing go: sqlite:///... or sqs://queue-name
-    stream_max_attempts: str       # deliveries of a failing record before it goes to dead_letter
+    stream_max_attempts: int       # deliveries of a failing record before it goes to dead_letter
     spark_master: str              # local[*], yarn, spark://host:7077, ...
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
@@ -58,6 +58,30 @@ EMBEDDED_DEFAULTS = dict(
     bundle_dir="chalice_app/chalicelib/models", app_dir="chalice_app", stream_name="nutrino-events",
     online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3",
     spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="")
+
+# %% ../nbs/00_config.ipynb #4e74f7dc
+def whole_number(value:str # the text of a setting, e.g. '3'
+                ) -> int:
+    "`value` as an int >= 1; ValueError otherwise."
+    n = int(str(value).strip())  # 'three', '2.5' and '' raise ValueError here
+    if n < 1: raise ValueError(f"whole_number: {value!r} is below 1; give a count such as 3")
+    return n
+
+TYPED_KEYS = {  # key -> (converter raising ValueError, what it accepts)
+    "stream_max_attempts": (whole_number, "a whole number >= 1"),
+}
+
+# %% ../nbs/00_config.ipynb #35591945
+def convert_value(key:str,  # a settings key
+                  value,    # its text
+                  where:str # where it came from, for the message: 'NUTRINO_X' or '[aws] of /path/settings.ini'
+                 ):
+    "`value` of `key` converted as `TYPED_KEYS` says (other keys as given); ValueError naming key, value, `where` and a fix."
+    if key not in TYPED_KEYS: return value
+    convert, accepts = TYPED_KEYS[key]
+    try: return convert(value)
+    except ValueError: raise ValueError(f"settings: {key} = {value!r} (from {where}) is not {accepts}; "
+                                        f"set it to e.g. {EMBEDDED_DEFAULTS[key]}") from None
 
 # %% ../nbs/00_config.ipynb #e0bc1a04
 def resolve_path(value:str, # a path, a URI, or ''
@@ -99,6 +123,14 @@ def _read_profile(path:Path, profile:str) -> dict:
     return values
 
 # %% ../nbs/00_config.ipynb #90c45a15
+def _sourced_values(path:Path|None, profile:str, environ) -> dict:
+    "`{key: (text, where it came from)}`: embedded defaults, then `[profile]` of `path`, then `NUTRINO_<KEY>`."
+    values = {k: (v, "the embedded defaults") for k, v in EMBEDDED_DEFAULTS.items()}
+    if path: values.update({k: (v, f"[{profile}] of {path}") for k, v in _read_profile(path, profile).items()})
+    values.update({k: (environ[e], e) for k in _KEYS if (e := f"NUTRINO_{k.upper()}") in environ})
+    return values
+
+# %% ../nbs/00_config.ipynb #54c2dee7
 def load_settings(profile:str|None=None, # section of settings.ini; NUTRINO_PROFILE or 'local' by default
                   path:Path|None=None,   # settings.ini to read; found with `find_settings_file` by default
                   environ=None           # mapping of NUTRINO_* overrides, `os.environ` by default
@@ -107,9 +139,8 @@ def load_settings(profile:str|None=None, # section of settings.ini; NUTRINO_PROF
     environ = os.environ if environ is None else environ
     profile = profile or environ.get("NUTRINO_PROFILE") or "local"
     path = Path(path) if path else find_settings_file(environ=environ)
-    values = {**EMBEDDED_DEFAULTS, **(_read_profile(path, profile) if path else {})}
     if not path and profile != "local": raise ValueError(f"settings: profile '{profile}' asked for but no settings.ini found; set NUTRINO_SETTINGS")
-    values.update({k: environ[f"NUTRINO_{k.upper()}"] for k in _KEYS if f"NUTRINO_{k.upper()}" in environ})
     base = path.parent if path else Path.cwd()
-    values = {k: resolve_path(v, base) if k in _PATH_KEYS or k in _URI_KEYS else v for k, v in values.items()}
+    values = {k: convert_value(k, resolve_path(v, base) if k in _PATH_KEYS or k in _URI_KEYS else v, where)
+              for k, (v, where) in _sourced_values(path, profile, environ).items()}
     return Settings(profile=profile, **values)

@@ -37,6 +37,7 @@ def lake_filesystem(root:str,            # a folder, or s3://bucket/prefix
 class DatalakeError(ValueError):
     "A lake partition that does not meet its table's spec."
 
+# %% ../nbs/01_datalake.ipynb #35fad321
 _KIND_OK = {"string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s),
             "int": pd.api.types.is_integer_dtype,
             "float": lambda s: pd.api.types.is_float_dtype(s) or pd.api.types.is_integer_dtype(s),

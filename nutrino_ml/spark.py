@@ -69,6 +69,7 @@ def spark_path(root:str, *parts:str) -> str:
     base = root.rstrip("/") if "://" in root else Path(root).resolve().as_uri()
     return "/".join([base, *parts])
 
+# %% ../nbs/03a_spark.ipynb #17ca7337
 def _partition_check(table:str, spec:TableSpec):
     "The function Spark runs on each partition: `validate_frame`'s message, or None."
     def check(pdf):
@@ -204,7 +205,7 @@ def partition_counts(df) -> dict:
     "`{dt: rows}` of a Spark frame with a `dt` column."
     return {r["dt"]: r["count"] for r in df.groupBy("dt").count().collect()}
 
-# %% ../nbs/03a_spark.ipynb #633e476c
+# %% ../nbs/03a_spark.ipynb #7000e218
 def build_tables_spark(settings, fsets:list, spark=None) -> dict:
     "Build the offline tables of `fsets` with Spark; per feature set: table, path, rows, partitions."
     with spark_session_for(settings, spark) as spark:
@@ -217,6 +218,7 @@ def build_tables_spark(settings, fsets:list, spark=None) -> dict:
             out[f.name] = {"table": feature_table(f), "path": path, "rows": sum(counts.values()), "partitions": sorted(counts), "engine": "spark"}
     return out
 
+# %% ../nbs/03a_spark.ipynb #f6d7c55b
 def feature_frames_spark(paths:dict, settings=None, spark=None) -> dict:
     "`{feature set: pandas frame}` of every feature set, computed with Spark from parquet tables (`paths`)."
     with spark_session_for(settings, spark) as s:

@@ -159,6 +159,7 @@ def uses_spark(note:dict) -> bool:
     "Whether any converted paragraph of `note` expects Zeppelin's `spark` session."
     return any(p["kind"] == "sql" or (p["kind"] == "code" and p["interpreter"] in PYSPARK_INTERPRETERS) for p in note["paragraphs"])
 
+# %% ../nbs/11_zeppelin.ipynb #2a5638b7
 def _title(note:dict) -> str: return note["name"].rsplit("/", 1)[-1].strip() or note["name"]
 
 def _title_cell(note:dict):

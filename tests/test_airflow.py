@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ROOT, TELEMETRY_OFF, local_env, run
+from helpers import BIN, ROOT, TELEMETRY_OFF, local_env, run
 
 # Pinned to a set verified to resolve with plain pip; Airflow's constraints file is on raw.githubusercontent.com,
 # which CI may not reach. Changing a pin makes a new cached env.
@@ -116,9 +116,9 @@ def test_airflow_sees_the_pipelines_dependencies_and_the_schedule(airflow):
     seen = json.loads(airflow["call"]("python", "-W", "error::DeprecationWarning", "-c", DESCRIBE, *airflow["files"]).stdout.splitlines()[-1])
     graph, block = pipeline_graph(ROOT / "pipelines"), read_env(ROOT / "pipelines")["schedule"]
     for model, dag_id in DAG_IDS.items():
-        assert seen[dag_id]["upstream"] == {t: sorted(up) for t, up in model_tasks(graph, model).items()}
-        assert seen[dag_id]["schedule"] == schedule_config(block, model)["schedule"]
-        assert (seen[dag_id]["catchup"], seen[dag_id]["max_active_runs"], seen[dag_id]["retries"]) == (False, 1, [0])
+        assert seen[dag_id]["upstream"] == {t: sorted(up) for t, up in model_tasks(graph, model).items()}, dag_id
+        assert seen[dag_id]["schedule"] == schedule_config(block, model)["schedule"], dag_id
+        assert (seen[dag_id]["catchup"], seen[dag_id]["max_active_runs"], seen[dag_id]["retries"]) == (False, 1, [0]), dag_id
 
 
 def test_dag_run_registers_a_new_version_and_a_rerun_task_registers_another(airflow):
@@ -141,6 +141,6 @@ def test_the_cli_writes_one_dag_per_model(tmp_path):
     assert [f.name for f in files] == ["nutrino_train_glucose_forecast.py", "nutrino_train_glucose_response.py"]
     for f in files:
         compile(f.read_text(), str(f), "exec")
-        assert "'NUTRINO_PROFILE': 'aws'" in f.read_text()
+        assert "'NUTRINO_PROFILE': 'aws'" in f.read_text(), f.name
     bad = subprocess.run([str(BIN / "nutrino-ml"), "schedule", "airflow", "--out", str(tmp_path), "--env", "NOEQUALS"], capture_output=True, text=True)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr

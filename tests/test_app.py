@@ -5,13 +5,7 @@ import pytest
 from chalice.test import Client
 
 from nutrino_ml.local import ChaliceLocal, http_json
-from conftest import MODELS, load_app_module
-
-JSON = {"Content-Type": "application/json"}
-
-
-def load_app(app_dir):
-    return load_app_module(app_dir).app
+from helpers import JSON, MODELS, load_app
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def test_ping_and_models(client):
     assert {(m["name"], m["version"], tuple(m["aliases"])) for m in served} == {(n, 1, ("production",)) for n in MODELS}
     assert {m["format"] for m in served} == {"onnx", "forecaster-json"}
     for m in served:
-        assert m["inputs"] and m["metrics"]["mae"] > 0 and m["run_id"]
+        assert m["inputs"] and m["metrics"]["mae"] > 0 and m["run_id"], m["name"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -104,7 +98,7 @@ def test_over_real_http_with_chalice_local(built, client):
         for name in MODELS:
             rows = example(client, name)
             status, body = http_json("POST", f"{srv.url}/models/{name}/predict", {"rows": rows})
-            assert status == 200 and body["predictions"] == post(client, f"/models/{name}/predict", {"rows": rows}).json_body["predictions"]
+            assert status == 200 and body["predictions"] == post(client, f"/models/{name}/predict", {"rows": rows}).json_body["predictions"], name
         status, body = http_json("POST", f"{srv.url}/models/glucose-forecast/predict", {"rows": [{"user_id": "u1", "glucose_mgdl": "high"}]})
         assert status == 400 and "field 'glucose_mgdl' must be a number" in body["Message"]
         status, body = http_json("POST", f"{srv.url}/models/nope/predict", {"rows": [{}]})
@@ -136,35 +130,33 @@ def test_fast_predict_path_answers_exactly_as_chalice_does(built):
     one, pinned = "/models/{name}/predict", "/models/{name}/versions/{version}/predict"
     rows = {n: [m["input_example"] for m in app_models(app) if m["name"] == n][0] for n in MODELS}
     body = json.dumps({"rows": rows["glucose-response"]})
-    events = [rest_event(f"/models/{n}/predict", one, {"name": n}, json.dumps({"rows": rows[n]})) for n in MODELS] + [
-        rest_event("/models/glucose-response/versions/1/predict", pinned, {"name": "glucose-response", "version": "1"}, body),
-        rest_event("/models/glucose-response/versions/production/predict", pinned, {"name": "glucose-response", "version": "production"}, body),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "application/json; charset=utf-8", "X-Model-Version": "1"}),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, base64.b64encode(body.encode()).decode(), b64=True),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=None),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, None),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": true}]}'),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": 1' + "0" * 400 + "}]}"),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "{nope"),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" + "1," * (3 << 20) + "1]"),
-        rest_event("/models/nope/predict", one, {"name": "nope"}, body),
-        rest_event("/models/glucose-response/versions/9/predict", pinned, {"name": "glucose-response", "version": "9"}, body),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"X-Model-Version": "rollback"}),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "\ufeff" + body),    # a UTF-8 BOM
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" * 100_000),  # nested past the recursion limit
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"content-type": "application/json", "x-model-version": "1"}),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=GATEWAY_HEADERS),
-        rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body,  # the same header twice: the last wins
-                   headers={"Content-Type": "text/csv", "X-Model-Version": "9", "content-type": "application/json", "x-model-version": "1"}),
+    cases = [(f"{n} on the native route", rest_event(f"/models/{n}/predict", one, {"name": n}, json.dumps({"rows": rows[n]})), 200) for n in MODELS] + [
+        ("pinned to version 1", rest_event("/models/glucose-response/versions/1/predict", pinned, {"name": "glucose-response", "version": "1"}, body), 200),
+        ("pinned to production", rest_event("/models/glucose-response/versions/production/predict", pinned, {"name": "glucose-response", "version": "production"}, body), 200),
+        ("charset and X-Model-Version", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "application/json; charset=utf-8", "X-Model-Version": "1"}), 200),
+        ("base64 body", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, base64.b64encode(body.encode()).decode(), b64=True), 200),
+        ("no headers", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=None), 200),
+        ("no body", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, None), 400),
+        ("a boolean for a number", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": true}]}'), 400),
+        ("a 401-digit number", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, '{"rows": [{"carbs_g": 1' + "0" * 400 + "}]}"), 400),
+        ("not JSON", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "{nope"), 400),
+        ("a body over the limit", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" + "1," * (3 << 20) + "1]"), 413),
+        ("an unknown model", rest_event("/models/nope/predict", one, {"name": "nope"}, body), 404),
+        ("an unknown pinned version", rest_event("/models/glucose-response/versions/9/predict", pinned, {"name": "glucose-response", "version": "9"}, body), 404),
+        ("an unknown alias in X-Model-Version", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"X-Model-Version": "rollback"}), 404),
+        ("a UTF-8 BOM", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "\ufeff" + body), 200),
+        ("nested past the recursion limit", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, "[" * 100_000), 400),
+        ("lower-case headers", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"content-type": "application/json", "x-model-version": "1"}), 200),
+        ("API Gateway's headers", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers=GATEWAY_HEADERS), 200),
+        ("the same header twice: the last wins", rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body,
+                   headers={"Content-Type": "text/csv", "X-Model-Version": "9", "content-type": "application/json", "x-model-version": "1"}), 200),
     ]
-    statuses = []
-    for ev in events:
+    for case, ev, status in cases:
         app.current_request = None
         fast = app(ev, None)
-        assert getattr(app, "current_request", None) is None  # answered before Chalice built a Request
-        assert fast == Chalice.__call__(app, ev, None), ev["path"]
-        statuses.append(fast["statusCode"])
-    assert statuses == [200, 200, 200, 200, 200, 200, 200, 400, 400, 400, 400, 413, 404, 404, 404, 200, 400, 200, 200, 200]
+        assert getattr(app, "current_request", None) is None, case  # answered before Chalice built a Request
+        assert fast == Chalice.__call__(app, ev, None), case
+        assert fast["statusCode"] == status, case
     # a content type the route does not take goes through Chalice: 415, as before
     ev = rest_event("/models/glucose-response/predict", one, {"name": "glucose-response"}, body, headers={"Content-Type": "text/csv"})
     assert app(ev, None)["statusCode"] == 415

@@ -11,11 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, MODELS, ROOT, build, copy_app, free_port, ran_tasks, run, stop, wait_http
+from helpers import BIN, MODELS, ROOT, TASKS, build, copy_app, free_port, ran_tasks, run, stop, wait_http
 
 LAKE_BUCKET, ART_BUCKET = "nutrino-lake-test", "nutrino-mlflow-test"
 TABLES = ("users", "meals", "glucose")
-TASKS = {"extract", "features", *(f"{step}-{m}" for step in ("train", "evaluate", "register") for m in MODELS)}
 BAD_DT = "2026-01-02"
 
 
@@ -144,15 +143,15 @@ def test_build_registers_version_1_of_both_models_on_the_server(stack, mlflow_se
     assert ran_tasks(stack["build"]) == TASKS, stack["build"][-3000:]
     client = MlflowClient(mlflow_server)
     for name in MODELS:
-        assert stack["registered"][name]["version"] == 1
+        assert stack["registered"][name]["version"] == 1, name
         versions = client.search_model_versions(f"name='{name}'")
-        assert [int(v.version) for v in versions] == [1]
-        assert versions[0].run_id == stack["registered"][name]["run_id"]
+        assert [int(v.version) for v in versions] == [1], name
+        assert versions[0].run_id == stack["registered"][name]["run_id"], name
         run_ = client.get_run(versions[0].run_id)
-        assert run_.data.tags["settings_profile"] == "aws"
-        assert run_.data.tags["datalake_root"] == f"s3://{LAKE_BUCKET}/lake"
-        assert run_.info.artifact_uri.startswith("mlflow-artifacts:/"), run_.info.artifact_uri
-        assert {"mae", "rmse", "r2"} <= set(run_.data.metrics)
+        assert run_.data.tags["settings_profile"] == "aws", name
+        assert run_.data.tags["datalake_root"] == f"s3://{LAKE_BUCKET}/lake", name
+        assert run_.info.artifact_uri.startswith("mlflow-artifacts:/"), (name, run_.info.artifact_uri)
+        assert {"mae", "rmse", "r2"} <= set(run_.data.metrics), name
 
 
 def test_run_artifacts_are_objects_in_moto_s3(stack, mlflow_process, mlflow_server, s3):
@@ -162,18 +161,18 @@ def test_run_artifacts_are_objects_in_moto_s3(stack, mlflow_process, mlflow_serv
         run_id = stack["registered"][name]["run_id"]
         mine = [k for k in keys if f"/{run_id}/artifacts/" in k]
         rel = {k.split(f"/{run_id}/artifacts/", 1)[1] for k in mine}
-        assert {f"reports/train-{name}.html", f"reports/evaluate-{name}.html"} <= rel, sorted(rel)
+        assert {f"reports/train-{name}.html", f"reports/evaluate-{name}.html"} <= rel, (name, sorted(rel))
         model_file = "model.onnx" if name == "glucose-response" else "state.json"
-        assert {f"serving/{model_file}", "serving/bundle.json"} <= rel, sorted(rel)
+        assert {f"serving/{model_file}", "serving/bundle.json"} <= rel, (name, sorted(rel))
         # the logged model (MLflow 3 keeps it under the experiment's models/<model_id>/artifacts/)
         source = client.get_model_version(name, "1").source
-        assert source.startswith("models:/m-"), source
+        assert source.startswith("models:/m-"), (name, source)
         logged = client.get_logged_model(source[len("models:/"):])
-        assert logged.source_run_id == run_id and logged.artifact_location.startswith("mlflow-artifacts:/"), logged
+        assert logged.source_run_id == run_id and logged.artifact_location.startswith("mlflow-artifacts:/"), (name, logged)
         where = f"mlflow/{logged.artifact_location[len('mlflow-artifacts:/'):].strip('/')}/"
         model_keys = {k[len(where):] for k in keys if k.startswith(where)}
-        assert {"MLmodel", "input_example.json"} <= model_keys, (where, sorted(keys))
-        assert ("model.skops" if name == "glucose-response" else "data/state.json") in model_keys, sorted(model_keys)
+        assert {"MLmodel", "input_example.json"} <= model_keys, (name, where, sorted(keys))
+        assert ("model.skops" if name == "glucose-response" else "data/state.json") in model_keys, (name, sorted(model_keys))
     # the server really proxied to S3: no local artifact store appeared in its working folder
     assert sorted(p.name for p in mlflow_process.tmp.iterdir()) == ["mlflow.db", "server.log"]
 
@@ -184,19 +183,19 @@ def test_promote_and_export_from_the_server_serve_predictions(stack):
         assert f"{name}: production -> version 1" in out
     bundles = stack["app"] / "chalicelib" / "models"
     for name in MODELS:
-        assert (bundles / name / "1" / "manifest.json").is_file(), stack["export"]
+        assert (bundles / name / "1" / "manifest.json").is_file(), (name, stack["export"])
         assert f"exported {name} version 1" in stack["export"]
     assert (stack["app"] / "vendor" / "nutrino_ml" / "runtime" / "serving.py").is_file()
     served = ServedModels(bundles)
     for name in MODELS:
         example = served.resolve(name)["input_example"]
         answer = served.serve(name, example)
-        assert answer["version"] == 1 and len(answer["predictions"]) == len(example) > 0
-        assert all(math.isfinite(p) for p in answer["predictions"]), answer
+        assert answer["version"] == 1 and len(answer["predictions"]) == len(example) > 0, name
+        assert all(math.isfinite(p) for p in answer["predictions"]), (name, answer)
         # what was exported from the server (via moto S3) is byte for byte what the pipeline bundled
         model_file = served.resolve(name)["model_file"]
         assert (bundles / name / "1" / model_file).read_bytes() == \
-               (stack["tmp"] / "products" / "bundles" / name / model_file).read_bytes()
+               (stack["tmp"] / "products" / "bundles" / name / model_file).read_bytes(), f"{name}: {model_file}"
 
 
 def test_bad_s3_partition_fails_validate_and_build_without_a_new_version(stack, s3, moto_server, mlflow_server):
@@ -221,4 +220,4 @@ def test_bad_s3_partition_fails_validate_and_build_without_a_new_version(stack, 
     assert not (products / "registered").exists()
     client = MlflowClient(mlflow_server)
     for name in MODELS:
-        assert [int(v.version) for v in client.search_model_versions(f"name='{name}'")] == [1]
+        assert [int(v.version) for v in client.search_model_versions(f"name='{name}'")] == [1], name

@@ -3,7 +3,7 @@ import json, os, subprocess, sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 OFF = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 

@@ -3,7 +3,7 @@ import json, os, re, secrets, shutil, subprocess, urllib.error, urllib.request
 
 import pytest
 
-from conftest import BIN, ROOT, free_port, stop, wait_http
+from helpers import BIN, ROOT, free_port, stop, wait_http
 
 
 @pytest.fixture(scope="module")

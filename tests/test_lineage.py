@@ -2,11 +2,9 @@
 import hashlib, json, subprocess
 from pathlib import Path
 
-from conftest import MODELS, ROOT, build, local_env, ran_tasks
+from helpers import MODELS, ROOT, TASKS, build, local_env, ran_tasks
 from nutrino_ml.datalake import Lake
 from nutrino_ml.lineage import format_lineage, library_lineage, lineage
-
-TASKS = {"extract", "features", *(f"{step}-{m}" for step in ("train", "evaluate", "register") for m in MODELS)}
 
 
 def sha256(path):
@@ -19,18 +17,20 @@ def test_lineage_names_run_git_code_params_and_partitions(built):
     lake = Lake(built["env"]["NUTRINO_DATALAKE_ROOT"])
     for name, reg in built["registered"].items():
         d = lineage(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"], name, "production")
-        assert (d["version"], d["run_id"], d["aliases"]) == (reg["version"], reg["run_id"], ["production"])
-        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(d["metrics"])
-        assert d["git"]["commit"] == head and d["git"]["dirty"] in (True, False)
-        assert d["library"] == library_lineage()["sha256"]
+        assert (d["version"], d["run_id"], d["aliases"]) == (reg["version"], reg["run_id"], ["production"]), name
+        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(d["metrics"]), name
+        assert d["git"]["commit"] == head and d["git"]["dirty"] in (True, False), name
+        assert d["library"] == library_lineage()["sha256"], name
         notebooks = {n["notebook"]: n["notebook_sha256"] for n in d["notebooks"]}
-        assert all(notebooks[nb] == sha256(ROOT / nb) for nb in ("nbs/01_datalake.ipynb", "nbs/runtime/05_features.ipynb", "nbs/05_models.ipynb"))
-        assert {"test_fraction", "parity_tolerance", "engine"} <= set(d["params"]) and any(k.startswith("hyperparams.") for k in d["params"])
-        assert d["datalake_root"] == lake.root and d["partitions"] == manifest["partitions"]
-        assert {(p["table"], p["dt"]) for p in d["partitions"]} == {(t, dt) for t in ("users", "meals", "glucose") for dt in lake.partitions(t)}
+        for nb in ("nbs/01_datalake.ipynb", "nbs/runtime/05_features.ipynb", "nbs/05_models.ipynb"):
+            assert notebooks[nb] == sha256(ROOT / nb), (name, nb)
+        assert {"test_fraction", "parity_tolerance", "engine"} <= set(d["params"]) and any(k.startswith("hyperparams.") for k in d["params"]), name
+        assert d["datalake_root"] == lake.root and d["partitions"] == manifest["partitions"], name
+        assert {(p["table"], p["dt"]) for p in d["partitions"]} == {(t, dt) for t in ("users", "meals", "glucose") for dt in lake.partitions(t)}, name
     for p in d["partitions"]:
-        assert p["sha256"] == sha256(Path(lake.root) / p["table"] / f"dt={p['dt']}" / "part-0.parquet")
-        assert p["rows"] == len(lake.read_partition(p["table"], p["dt"]))
+        where = f"{p['table']}/dt={p['dt']}"
+        assert p["sha256"] == sha256(Path(lake.root) / p["table"] / f"dt={p['dt']}" / "part-0.parquet"), where
+        assert p["rows"] == len(lake.read_partition(p["table"], p["dt"])), where
 
 
 def test_format_lineage_prints_every_part(built):
@@ -42,7 +42,8 @@ def test_format_lineage_prints_every_part(built):
     assert ["mae", f"{d['metrics']['mae']:.6g}"] in rows and ["hyperparams.n_estimators", "200"] in rows and ["engine", "pandas"] in rows
     assert ["nbs/runtime/05_features.ipynb", sha256(ROOT / "nbs" / "runtime" / "05_features.ipynb")] in rows
     assert f"partitions of {d['datalake_root']} ({len(d['partitions'])}, {sum(p['rows'] for p in d['partitions'])} rows):" in text
-    assert all([p["table"], p["dt"], str(p["rows"]), p["sha256"]] in rows for p in d["partitions"])
+    for p in d["partitions"]:
+        assert [p["table"], p["dt"], str(p["rows"]), p["sha256"]] in rows, f"{p['table']}/dt={p['dt']}"
 
 
 def test_training_again_on_the_same_partitions_reproduces_the_version(built, tmp_path):
@@ -52,8 +53,8 @@ def test_training_again_on_the_same_partitions_reproduces_the_version(built, tmp
     for name in MODELS:
         first = lineage(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"], name, 1)
         again = lineage(env["NUTRINO_MLFLOW_TRACKING_URI"], name, 1)
-        assert again["run_id"] != first["run_id"] and again["metrics"] == first["metrics"]
+        assert again["run_id"] != first["run_id"] and again["metrics"] == first["metrics"], name
         for part in ("partitions", "datalake_root", "library", "notebooks", "code_hash", "params", "git"):
-            assert again[part] == first[part], part
+            assert again[part] == first[part], (name, part)
     state = "models/glucose-forecast.json"
     assert (tmp_path / "products" / state).read_bytes() == (built["products"] / state).read_bytes()

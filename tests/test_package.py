@@ -3,7 +3,7 @@ import json, os, shutil, subprocess, sys, zipfile
 
 import pytest
 
-from conftest import BIN, ROOT, run
+from helpers import BIN, ROOT, run
 
 MB = 1024 * 1024
 INVOKE = r'''
@@ -101,15 +101,15 @@ def resources(out, kind):
 
 
 def test_sam_template_sets_the_lambda_runtime_per_stage(package):
-    for out, memory, sfx in ((package["out"], 1024, "-dev"), (package["prod"], 1769, "")):
+    for st, out, memory, sfx in (("dev", package["out"], 1024, "-dev"), ("prod", package["prod"], 1769, "")):
         fns = resources(out, "AWS::Serverless::Function")
-        assert sorted(f["Handler"] for f in fns) == ["app.app", "app.features_from_stream"]
+        assert sorted(f["Handler"] for f in fns) == ["app.app", "app.features_from_stream"], st
         for fn in fns:
-            assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", memory, 30)
-            assert fn["Environment"]["Variables"]["NUTRINO_ONLINE_STORE"] == f"dynamodb://nutrino-features{sfx}"
+            assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", memory, 30), (st, fn["Handler"])
+            assert fn["Environment"]["Variables"]["NUTRINO_ONLINE_STORE"] == f"dynamodb://nutrino-features{sfx}", (st, fn["Handler"])
         stream = next(f for f in fns if f["Handler"] == "app.features_from_stream")["Events"]["FeaturesFromStreamKinesisEventSource"]["Properties"]
-        assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and stream["StartingPosition"] == "TRIM_HORIZON"
-        assert stream["Stream"]["Fn::Sub"].endswith(f":stream/nutrino-events{sfx}")
+        assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and stream["StartingPosition"] == "TRIM_HORIZON", st
+        assert stream["Stream"]["Fn::Sub"].endswith(f":stream/nutrino-events{sfx}"), st
 
 
 def test_prod_requires_an_api_key_on_model_routes_and_dev_does_not(package):
@@ -126,19 +126,20 @@ def test_iam_policy_is_explicit_and_lists_only_what_the_app_uses(package):
     for st, out in (("dev", package["out"]), ("prod", package["prod"])):
         role = resources(out, "AWS::IAM::Role")[0]
         doc = role["Policies"][0]["PolicyDocument"]
-        assert doc == json.loads((ROOT / "chalice_app" / ".chalice" / f"policy-{st}.json").read_text())
+        assert doc == json.loads((ROOT / "chalice_app" / ".chalice" / f"policy-{st}.json").read_text()), st
         actions = {a for stmt in doc["Statement"] for a in stmt["Action"]}
         assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
                            "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchWriteItem",
                            "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards",
-                           "sqs:GetQueueUrl", "sqs:SendMessage"}
-        assert all("*" not in stmt["Action"] and stmt["Resource"] != "*" for stmt in doc["Statement"])
+                           "sqs:GetQueueUrl", "sqs:SendMessage"}, st
+        for stmt in doc["Statement"]:
+            assert "*" not in stmt["Action"] and stmt["Resource"] != "*", (st, stmt)
 
 
 def test_generated_sam_templates_pass_cfn_lint(package):
-    for out in (package["out"], package["prod"]):
+    for st, out in (("dev", package["out"]), ("prod", package["prod"])):
         p = run([BIN / "cfn-lint", out / "sam.json"], check=False)
-        assert p.returncode == 0, p.stdout
+        assert p.returncode == 0, f"{st}: {p.stdout}"
 
 
 def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
@@ -146,9 +147,10 @@ def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
     zipfile.ZipFile(package["out"] / "deployment.zip").extractall(d)
     examples = {m: json.loads((built["app"] / "chalicelib" / "models" / m / "1" / "manifest.json").read_text())["input_example"]
                 for m in ("glucose-response", "glucose-forecast")}
-    reqs = [[f"/models/{m}/predict", "/models/{name}/predict", {"name": m}, json.dumps({"rows": rows})] for m, rows in examples.items()]
-    reqs += [["/models/glucose-forecast/predict", "/models/{name}/predict", {"name": "glucose-forecast"}, '{"rows": [{"user_id": 7}]}'],
-             ["/models/nope/predict", "/models/{name}/predict", {"name": "nope"}, '{"rows": [{}]}']]
+    named = {m: [f"/models/{m}/predict", "/models/{name}/predict", {"name": m}, json.dumps({"rows": rows})] for m, rows in examples.items()}
+    named["a number for user_id"] = ["/models/glucose-forecast/predict", "/models/{name}/predict", {"name": "glucose-forecast"}, '{"rows": [{"user_id": 7}]}']
+    named["an unknown model"] = ["/models/nope/predict", "/models/{name}/predict", {"name": "nope"}, '{"rows": [{}]}']
+    reqs = list(named.values())
     # -I -S: no site-packages, no PYTHONPATH, no user site: only what the zip holds, as in Lambda
     p = subprocess.run([sys.executable, "-I", "-S", "-c", INVOKE, json.dumps(reqs)], cwd=d, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -156,9 +158,12 @@ def test_unzipped_package_answers_on_a_bare_interpreter(package, built):
     *answers, imported = json.loads(last)
     # one structured log line per prediction (CloudWatch in Lambda), for the two that were answered
     assert [(json.loads(l)["event"], json.loads(l)["model"]) for l in logs] == [("prediction", m) for m in examples]
-    assert [a["status"] for a in answers] == [200, 200, 400, 404]
-    assert len(answers[0]["body"]["predictions"]) == len(examples["glucose-response"])
-    assert "field 'user_id' must be a non-empty string" in answers[2]["body"]["Message"]
+    assert len(answers) == len(named), answers
+    answers = dict(zip(named, answers))
+    assert {case: a["status"] for case, a in answers.items()} == {
+        "glucose-response": 200, "glucose-forecast": 200, "a number for user_id": 400, "an unknown model": 404}
+    assert len(answers["glucose-response"]["body"]["predictions"]) == len(examples["glucose-response"])
+    assert "field 'user_id' must be a non-empty string" in answers["a number for user_id"]["body"]["Message"]
     assert imported == []
 
 

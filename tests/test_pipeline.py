@@ -7,27 +7,24 @@ import pandas as pd
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, MODELS, ROOT, build, local_env, ran_tasks, run
-
-TASKS = {"extract", "features", *(f"{step}-{m}" for step in ("train", "evaluate", "register") for m in MODELS)}
+from helpers import BIN, MODELS, ROOT, TASKS, build, local_env, ran_tasks, run
 
 
-def test_build_runs_every_task_and_registers_both_models(built):
+def test_build_runs_every_task_and_registers_both_models(built, built_tracking):
     assert ran_tasks(built["build_output"]) == TASKS
-    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
     client = MlflowClient()
     for name, reg in built["registered"].items():
-        assert reg["version"] == 1
+        assert reg["version"] == 1, name
         run_ = client.get_run(reg["run_id"])
-        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run_.data.metrics)
-        assert run_.data.metrics["mae"] < run_.data.metrics["baseline_mae"]
-        assert "test_fraction" in run_.data.params and any(k.startswith("hyperparams.") for k in run_.data.params)
+        assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run_.data.metrics), name
+        assert run_.data.metrics["mae"] < run_.data.metrics["baseline_mae"], name
+        assert "test_fraction" in run_.data.params and any(k.startswith("hyperparams.") for k in run_.data.params), name
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        assert run_.data.tags["mlflow.source.git.commit"] == head and run_.data.tags["git_dirty"] in ("true", "false")
+        assert run_.data.tags["mlflow.source.git.commit"] == head and run_.data.tags["git_dirty"] in ("true", "false"), name
         arts = {a.path for a in client.list_artifacts(reg["run_id"], "reports")}
-        assert arts == {f"reports/train-{name}.html", f"reports/evaluate-{name}.html"}
+        assert arts == {f"reports/train-{name}.html", f"reports/evaluate-{name}.html"}, name
         info = mlflow.models.get_model_info(f"models:/{name}/1")
-        assert info.signature is not None and info.saved_input_example_info is not None
+        assert info.signature is not None and info.saved_input_example_info is not None, name
 
 
 def test_reports_are_executed_notebooks(built):
@@ -35,9 +32,8 @@ def test_reports_are_executed_notebooks(built):
     assert "carbs_g" in html and "importance" in html  # the feature-importance table was rendered
 
 
-def test_registered_versions_load_in_mlflow_and_match_the_bundles(built):
+def test_registered_versions_load_in_mlflow_and_match_the_bundles(built, built_tracking):
     from nutrino_ml.runtime.serving import ServedModels
-    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
     served = ServedModels(built["app"] / "chalicelib" / "models")
     for name in MODELS:
         spec_feats = pd.read_parquet(built["products"] / "features" / f"{'meal_response' if name == 'glucose-response' else 'glucose_forecast'}.parquet")
@@ -45,7 +41,7 @@ def test_registered_versions_load_in_mlflow_and_match_the_bundles(built):
         X = spec_feats[[f["name"] for f in m["inputs"]]].head(50)
         ours = served.serve(name, json.loads(X.to_json(orient="records")))["predictions"]
         theirs = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@production").predict(X), float)
-        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+        np.testing.assert_allclose(ours, theirs, atol=1e-3, err_msg=name)
 
 
 def test_second_build_with_nothing_changed_runs_nothing(built):

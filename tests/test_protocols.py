@@ -7,11 +7,9 @@ import pandas as pd
 import pytest
 from chalice.test import Client
 
-from conftest import MODELS
-from test_app import load_app
+from helpers import JSON, MODELS, load_app, mlflow_tracking
 
 TABLE = {"glucose-response": "meal_response", "glucose-forecast": "glucose_forecast"}
-JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +21,14 @@ def client(built):
 @pytest.fixture(scope="module")
 def cases(built):
     """Per model: 40 feature rows (with missing trends), and what MLflow's own loader predicts for them."""
-    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
     out = {}
-    for name in MODELS:
-        manifest = json.loads((built["app"] / "chalicelib" / "models" / name / "1" / "manifest.json").read_text())
-        cols = [f["name"] for f in manifest["inputs"]]
-        X = pd.read_parquet(built["products"] / "features" / f"{TABLE[name]}.parquet")[cols].head(40).reset_index(drop=True)
-        X.loc[[3, 7, 11], [f["name"] for f in manifest["inputs"] if f["nullable"]]] = np.nan  # CGM gaps: missing trend/level
-        out[name] = {"X": X, "cols": cols, "mlflow": np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(X), float)}
+    with mlflow_tracking(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"]):
+        for name in MODELS:
+            manifest = json.loads((built["app"] / "chalicelib" / "models" / name / "1" / "manifest.json").read_text())
+            cols = [f["name"] for f in manifest["inputs"]]
+            X = pd.read_parquet(built["products"] / "features" / f"{TABLE[name]}.parquet")[cols].head(40).reset_index(drop=True)
+            X.loc[[3, 7, 11], [f["name"] for f in manifest["inputs"] if f["nullable"]]] = np.nan  # CGM gaps: missing trend/level
+            out[name] = {"X": X, "cols": cols, "mlflow": np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(X), float)}
     return out
 
 
@@ -56,9 +54,9 @@ def test_mlflow_scoring_protocol_equals_mlflow_pyfunc(client, cases, name):
     for fmt, (ctype, body) in bodies(case["X"], case["cols"]).items():
         for path in (f"/models/{name}/invocations", f"/models/{name}/versions/1/invocations"):
             r = client.http.post(path, headers={"Content-Type": ctype}, body=body)
-            assert r.status_code == 200, (fmt, r.body)
-            assert set(r.json_body) == {"predictions"} and r.headers["X-Model-Version"] == "1"
-            np.testing.assert_allclose(r.json_body["predictions"], case["mlflow"], atol=tol, err_msg=fmt)
+            assert r.status_code == 200, (fmt, path, r.body)
+            assert set(r.json_body) == {"predictions"} and r.headers["X-Model-Version"] == "1", (fmt, path)
+            np.testing.assert_allclose(r.json_body["predictions"], case["mlflow"], atol=tol, err_msg=f"{fmt} to {path}")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -69,18 +67,19 @@ def test_open_inference_protocol_equals_mlflow_pyfunc(client, cases, name):
                "data": json.loads(X[c].to_json(orient="values"))} for c in case["cols"]]
     for path in (f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/1/infer"):
         r = client.http.post(path, headers=JSON, body=json.dumps({"id": "req-1", "inputs": inputs}))
-        assert r.status_code == 200, r.body
+        assert r.status_code == 200, (path, r.body)
         body = r.json_body
-        assert (body["model_name"], body["model_version"], body["id"]) == (name, "1", "req-1")
+        assert (body["model_name"], body["model_version"], body["id"]) == (name, "1", "req-1"), path
         out = body["outputs"][0]
-        assert out["shape"] == [len(X)] and out["datatype"] == "FP64"
-        np.testing.assert_allclose(out["data"], case["mlflow"], atol=tol)
+        assert out["shape"] == [len(X)] and out["datatype"] == "FP64", path
+        np.testing.assert_allclose(out["data"], case["mlflow"], atol=tol, err_msg=path)
 
 
 def test_native_route_equals_mlflow_pyfunc(client, cases):
     for name in MODELS:
         r = client.http.post(f"/models/{name}/predict", headers=JSON, body=json.dumps({"rows": records(cases[name]["X"])}))
-        np.testing.assert_allclose(r.json_body["predictions"], cases[name]["mlflow"], atol=1e-3)
+        assert r.status_code == 200, (name, r.body)
+        np.testing.assert_allclose(r.json_body["predictions"], cases[name]["mlflow"], atol=1e-3, err_msg=name)
 
 
 def test_v2_health_metadata_and_readiness(client):

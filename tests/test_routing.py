@@ -4,7 +4,7 @@ import json, shutil
 import pytest
 from chalice.test import Client
 
-from conftest import BIN, load_app_module, run
+from helpers import BIN, load_app_module, mlflow_tracking, run
 
 FORECAST = "glucose-forecast"
 
@@ -12,23 +12,26 @@ FORECAST = "glucose-forecast"
 @pytest.fixture(scope="module")
 def registry(built, tmp_path_factory):
     """A copy of the built stack's registry with three versions of the forecaster (v2, v3 nudged so answers differ)."""
-    import pandas as pd
-    from nutrino_ml.bundle import build_bundle
-    from nutrino_ml.models import GlucoseForecaster, load_model
-    from nutrino_ml.registry import log_and_register
     tmp = tmp_path_factory.mktemp("routing")
     shutil.copytree(built["tmp"] / "mlflow", tmp / "mlflow")
     env = {**built["env"], "NUTRINO_MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow/mlflow.db",
            "NUTRINO_APP_DIR": str(tmp / "app"), "NUTRINO_BUNDLE_DIR": str(tmp / "app" / "chalicelib" / "models")}
     shutil.copytree(built["app"], tmp / "app", ignore=shutil.ignore_patterns("models", "vendor", "__pycache__"))
-    base = load_model(built["products"] / "models" / f"{FORECAST}.json")
-    rows = pd.read_parquet(built["products"] / "features" / "glucose_forecast.parquet").head(50)
-    for shift in (5.0, 10.0):
-        m = GlucoseForecaster.from_state({**base.state(), "global_baseline": base.state()["global_baseline"] + shift,
-                                          "baseline": [b + shift for b in base.state()["baseline"]]})
-        build_bundle(m, FORECAST, rows, tmp / f"bundle{shift}")
-        log_and_register(FORECAST, m, tmp / f"bundle{shift}", rows.head(3), env["NUTRINO_MLFLOW_TRACKING_URI"], "test",
-                         str(tmp / "mlflow" / "artifacts"))  # not MLflow's default ./mlruns in the working directory
+    # log_and_register sets MLflow's tracking URI (and MLFLOW_TRACKING_URI), logging a model puts folders on sys.path,
+    # the first import of scikit-learn sets KMP_* variables: all put back after the block
+    with mlflow_tracking(env["NUTRINO_MLFLOW_TRACKING_URI"]):
+        import pandas as pd
+        from nutrino_ml.bundle import build_bundle
+        from nutrino_ml.models import GlucoseForecaster, load_model
+        from nutrino_ml.registry import log_and_register
+        base = load_model(built["products"] / "models" / f"{FORECAST}.json")
+        rows = pd.read_parquet(built["products"] / "features" / "glucose_forecast.parquet").head(50)
+        for shift in (5.0, 10.0):
+            m = GlucoseForecaster.from_state({**base.state(), "global_baseline": base.state()["global_baseline"] + shift,
+                                              "baseline": [b + shift for b in base.state()["baseline"]]})
+            build_bundle(m, FORECAST, rows, tmp / f"bundle{shift}")
+            log_and_register(FORECAST, m, tmp / f"bundle{shift}", rows.head(3), env["NUTRINO_MLFLOW_TRACKING_URI"], "test",
+                             str(tmp / "mlflow" / "artifacts"))  # not MLflow's default ./mlruns in the working directory
     return {"env": env, "app": tmp / "app"}
 
 
@@ -65,7 +68,7 @@ def test_weighted_sticky_split_over_10000_users_with_a_shadow(registry):
         assert {a["route"] for a in first.values()} == {"sticky"}
         # the same user reaches the same version, whatever else the request says
         for u in list(first)[:300]:
-            assert ask(c, u, g=95.0)["version"] == first[u]["version"]
+            assert ask(c, u, g=95.0)["version"] == first[u]["version"], u
         # pinning skips the policy: by path, and by header (a version or an alias)
         assert ask(c, "user1", path=f"/models/{FORECAST}/versions/3/predict")["version"] == 3
         assert ask(c, "user1", headers={"X-Model-Version": "canary"})["version"] == 2

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import MODELS, ROOT
+from helpers import MODELS, ROOT, process_state_restored
 from nutrino_ml.config import load_settings
 from nutrino_ml.datalake import TABLES, DatalakeError, Lake
 from nutrino_ml.runtime.features import FEATURE_SETS
@@ -27,9 +27,14 @@ FSET_OF = {"glucose-response": "meal_response", "glucose-forecast": "glucose_for
 
 @pytest.fixture(scope="module")
 def spark():
-    s = spark_session("local[2]", "nutrino_ml-tests")
-    yield s
-    s.stop()
+    """A local Spark session; what it changes in os.environ (PYTHONWARNINGS, PYSPARK_PYTHON) and sys.path (its files folder)
+    is put back when it stops."""
+    with process_state_restored():
+        s = spark_session("local[2]", "nutrino_ml-tests")
+        try:
+            yield s
+        finally:
+            s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +52,13 @@ def assert_same_rows(got, want, fset):
     """Same rows whatever their order: ids and strings equal, timestamps equal, floats within 1e-9, NaN in the same places."""
     order = lambda d: d[fset.columns].sort_values([fset.key, "ts", "event_id"], ignore_index=True)
     got, want = order(got), order(want)
-    assert len(got) == len(want) > 0
+    assert len(got) == len(want) > 0, fset.name
     for f in fset.features:
         if f.dtype == "double":
-            np.testing.assert_allclose(got[f.name].to_numpy(float), want[f.name].to_numpy(float), rtol=0, atol=1e-9, equal_nan=True, err_msg=f.name)
+            np.testing.assert_allclose(got[f.name].to_numpy(float), want[f.name].to_numpy(float), rtol=0, atol=1e-9, equal_nan=True,
+                                       err_msg=f"{fset.name}.{f.name}")
         else:
-            assert got[f.name].tolist() == want[f.name].tolist(), f.name
+            assert got[f.name].tolist() == want[f.name].tolist(), f"{fset.name}.{f.name}"
 
 
 def messy(tables, seed=1):
@@ -83,7 +89,7 @@ def test_spark_gives_the_pandas_rows_on_repeated_and_out_of_order_events(spark, 
         want = build_features(fset, events)
         assert_same_rows(build_features(fset, mixed), want, fset)
         got = build_features_spark(fset, spark, mixed)
-        assert [f.name for f in got.schema] == fset.columns
+        assert [f.name for f in got.schema] == fset.columns, fset.name
         assert_same_rows(conform(got.toPandas(), fset), want, fset)
 
 
@@ -96,13 +102,14 @@ def test_feature_tables_from_a_lake_with_late_events(spark, events, tmp_path):
     for fset in FEATURE_SETS.values():
         r = by_spark[fset.name]
         written = lake.read_table(feature_table(fset), feature_table_spec(fset))   # read back by pandas, checked
-        assert r["rows"] == len(written) and r["partitions"] == lake.partitions(feature_table(fset)) == sorted(written.dt.unique())
-        assert (written.dt == written.ts.dt.strftime("%Y-%m-%d")).all()              # partitioned by the day of ts
-        assert all(any(p.glob("*.parquet")) for p in (tmp_path / "lake" / feature_table(fset)).glob("dt=*"))
+        assert r["rows"] == len(written) and r["partitions"] == lake.partitions(feature_table(fset)) == sorted(written.dt.unique()), fset.name
+        assert (written.dt == written.ts.dt.strftime("%Y-%m-%d")).all(), fset.name  # partitioned by the day of ts
+        for p in (tmp_path / "lake" / feature_table(fset)).glob("dt=*"):
+            assert any(p.glob("*.parquet")), f"{fset.name}: {p.name}"
         assert_same_rows(written, build_features(fset, events), fset)
     by_pandas = build_feature_tables(settings, "pandas")
     for fset in FEATURE_SETS.values():
-        assert by_pandas[fset.name]["rows"] == by_spark[fset.name]["rows"]
+        assert by_pandas[fset.name]["rows"] == by_spark[fset.name]["rows"], fset.name
         assert_same_rows(lake.read_table(feature_table(fset), feature_table_spec(fset)), build_features(fset, events), fset)
 
 
@@ -127,25 +134,24 @@ def test_the_features_task_engines_give_the_same_products(built, spark):
     extract = {t: built["products"] / "extract" / f"{t}.parquet" for t in ("users", "meals", "glucose")}
     frames = build_feature_frames(extract, "spark", spark=spark)
     for name in FEATURE_SETS:
-        pd.testing.assert_frame_equal(frames[name], pd.read_parquet(built["products"] / "features" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(frames[name], pd.read_parquet(built["products"] / "features" / f"{name}.parquet"), obj=name)
 
 
-def test_batch_scoring_with_the_exported_bundles_matches_mlflow(built, spark, tmp_path):
-    mlflow.set_tracking_uri(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+def test_batch_scoring_with_the_exported_bundles_matches_mlflow(built, built_tracking, spark, tmp_path):
     bundles = built["app"] / "chalicelib" / "models"
     for name in MODELS:
         version = built["registered"][name]["version"]
         feats = pd.read_parquet(built["products"] / "features" / f"{FSET_OF[name]}.parquet")
         ours = score_spark(spark, feats, bundles, name, "production").toPandas()
-        assert set(ours.model) == {name} and set(ours.version) == {version} and ours.error.isna().all()
+        assert set(ours.model) == {name} and set(ours.version) == {version} and ours.error.isna().all(), name
         inputs = [f["name"] for f in ServedModels(bundles).resolve(name, version)["inputs"]]
         theirs = feats[["event_id"]].assign(expected=np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(feats[inputs]), float))
         both = ours.merge(theirs, on="event_id", validate="1:1")
-        assert len(both) == len(feats)
+        assert len(both) == len(feats), name
         if name == "glucose-response":  # ONNX runs the trees in float32
-            np.testing.assert_allclose(both.prediction, both.expected, rtol=0, atol=1e-4)
+            np.testing.assert_allclose(both.prediction, both.expected, rtol=0, atol=1e-4, err_msg=name)
         else:
-            np.testing.assert_array_equal(both.prediction, both.expected)
+            np.testing.assert_array_equal(both.prediction, both.expected, err_msg=name)
 
 
 def test_score_to_lake_writes_predictions_with_their_version(built, spark, tmp_path):
@@ -159,9 +165,9 @@ def test_score_to_lake_writes_predictions_with_their_version(built, spark, tmp_p
         assert (r["model"], r["version"], r["table"], r["rejected"]) == (name, built["registered"][name]["version"], predictions_table(name), 0)
         by_spark = lake.read_table(predictions_table(name), predictions_spec(name, fset))
         feats = lake.read_table(feature_table(fset), feature_table_spec(fset))
-        assert r["rows"] == len(by_spark) == len(feats) and set(by_spark.version) == {r["version"]} and set(by_spark.model) == {name}
-        assert sorted(by_spark.event_id) == sorted(feats.event_id) and r["partitions"] == sorted(feats.dt.unique())
-        assert score_to_lake(settings, f"{name}@{r['version']}", "pandas")["rows"] == r["rows"]
+        assert r["rows"] == len(by_spark) == len(feats) and set(by_spark.version) == {r["version"]} and set(by_spark.model) == {name}, name
+        assert sorted(by_spark.event_id) == sorted(feats.event_id) and r["partitions"] == sorted(feats.dt.unique()), name
+        assert score_to_lake(settings, f"{name}@{r['version']}", "pandas")["rows"] == r["rows"], name
         by_pandas = lake.read_table(predictions_table(name), predictions_spec(name, fset))
         a, b = (d.sort_values("event_id", ignore_index=True) for d in (by_spark, by_pandas))
-        np.testing.assert_allclose(a.prediction, b.prediction, rtol=0, atol=1e-4 if name == "glucose-response" else 0)
+        np.testing.assert_allclose(a.prediction, b.prediction, rtol=0, atol=1e-4 if name == "glucose-response" else 0, err_msg=name)

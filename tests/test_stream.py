@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from chalice.test import Client
 
-from conftest import MODELS, load_app_module
+from helpers import JSON, MODELS, load_app_module
 from nutrino_ml.runtime.features import FEATURE_SETS
 from nutrino_ml.offline import build_features
 from nutrino_ml.runtime.online import DynamoStore, SQLiteDeadLetter, SQLiteStore, SQSDeadLetter, open_dead_letter
@@ -35,10 +35,10 @@ def messy(events, seed=0):
 def assert_same_rows(store_rows, batch, fs):
     online = pd.DataFrame(store_rows).sort_values(["user_id", "ts", "event_id"], ignore_index=True)
     batch = batch.sort_values(["user_id", "ts", "event_id"], ignore_index=True)
-    assert online.event_id.tolist() == batch.event_id.astype(str).tolist()
-    assert (pd.to_datetime(online.ts, unit="us", utc=True) == batch.ts).all()
+    assert online.event_id.tolist() == batch.event_id.astype(str).tolist(), fs.name
+    assert (pd.to_datetime(online.ts, unit="us", utc=True) == batch.ts).all(), fs.name
     num = [f.name for f in fs.features if f.dtype == "double"]
-    np.testing.assert_allclose(online[num].to_numpy(float), batch[num].to_numpy(float), rtol=0, atol=1e-9)  # NaN where batch has NaN
+    np.testing.assert_allclose(online[num].to_numpy(float), batch[num].to_numpy(float), rtol=0, atol=1e-9, err_msg=fs.name)  # NaN where batch has NaN
 
 
 @pytest.fixture()
@@ -66,7 +66,7 @@ def test_the_lambda_runtime_gives_the_pandas_rows_on_late_duplicate_and_out_of_o
         assert_same_rows(store.rows(name), build_features(fs, LAKE), fs)
     # each user's newest row is there for serving
     for u in LAKE["users"].user_id:
-        assert store.latest_row("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1]
+        assert store.latest_row("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1], u
 
 
 def test_bad_records_are_reported_the_good_ones_kept_and_repeat_failures_dead_lettered(built, app_env):
@@ -101,11 +101,10 @@ def test_a_failing_store_reports_the_records_and_a_retry_completes_them(built, a
     app = stream_app(built, app_env)
     events = events_from_frames({t: LAKE[t][LAKE[t].user_id == "u001"] for t in LAKE})[:60]
     proc = app.stream_processor()
-    real = proc.store.put_rows
-    proc.store.put_rows = lambda *a: (_ for _ in ()).throw(OSError("disk I/O error"))  # the store, not our code, fails
-    resp = app.features_from_stream(kinesis_event(as_records(events)), None)
+    with pytest.MonkeyPatch.context() as mp:  # the store, not our code, fails; until the block ends
+        mp.setattr(proc.store, "put_rows", lambda *a: (_ for _ in ()).throw(OSError("disk I/O error")))
+        resp = app.features_from_stream(kinesis_event(as_records(events)), None)
     assert len(resp["batchItemFailures"]) == 60
-    proc.store.put_rows = real
     assert app.features_from_stream(kinesis_event(as_records(events)), None) == {"batchItemFailures": []}
     batch = build_features(FEATURE_SETS["glucose_forecast"], {"glucose": LAKE["glucose"][LAKE["glucose"].event_id.isin([e.get("event_id") for e in events])]})
     assert_same_rows(proc.store.rows("glucose_forecast", "u001"), batch, FEATURE_SETS["glucose_forecast"])
@@ -116,7 +115,7 @@ def test_serving_fills_a_request_from_online_features(built, app_env):
     replay(app.features_from_stream, as_records(events_from_frames(LAKE)))
     store = SQLiteStore(app_env / "online.db")
     with Client(app.app) as c:
-        post = lambda path, body: c.http.post(path, headers={"Content-Type": "application/json"}, body=json.dumps(body))  # noqa: E731
+        post = lambda path, body: c.http.post(path, headers=JSON, body=json.dumps(body))  # noqa: E731
         now = store.latest_row("glucose_forecast", "u002")
         r = post("/models/glucose-forecast/predict", {"user_id": "u002"})
         assert r.status_code == 200 and r.json_body["online"]["user_id"] == "u002"
@@ -140,15 +139,17 @@ def test_dynamodb_store_and_sqs_dead_letters_behave_like_sqlite(moto_server, tmp
     dyn = DynamoStore("features-store-test", "eu-west-1", moto_server, create=True)
     lite = SQLiteStore(tmp_path / "s.db")
     ev = [{"event_id": f"g{i}", "user_id": "u1", "ts": 1000 * i, "glucose_mgdl": 100.0 + i} for i in range(60)]
-    for st in (dyn, lite):
-        assert st.put_events("glucose", "u1", ev, "event_id") == 60 and st.put_events("glucose", "u1", ev[::3], "event_id") == 0
+    for kind, st in (("dynamodb", dyn), ("sqlite", lite)):
+        assert st.put_events("glucose", "u1", ev, "event_id") == 60 and st.put_events("glucose", "u1", ev[::3], "event_id") == 0, kind
         st.put_rows("fs", "u1", [{"event_id": f"g{i}", "ts": 1000 * i, "x": float(i)} for i in range(30)])
         st.put_rows("fs", "u1", [{"event_id": "g3", "ts": 3000, "x": -1.0}])
         st.put_latest_row("fs", "u1", {"x": float("nan")})
-        assert [st.attempt("r1", "bad"), st.attempt("r1", "bad")] == [1, 2]
-    for q in (lambda s: s.events("glucose", "u1"), lambda s: s.events("glucose", "u1", 5000, 9000), lambda s: s.newest_ts("glucose", "u1"),
-              lambda s: s.rows("fs", "u1"), lambda s: s.rows("fs"), lambda s: s.latest_row("fs", "nobody")):
-        assert q(dyn) == q(lite)
+        assert [st.attempt("r1", "bad"), st.attempt("r1", "bad")] == [1, 2], kind
+    queries = {"events": lambda s: s.events("glucose", "u1"), "events from 5000 to 9000": lambda s: s.events("glucose", "u1", 5000, 9000),
+               "newest_ts": lambda s: s.newest_ts("glucose", "u1"), "rows of u1": lambda s: s.rows("fs", "u1"),
+               "rows of everyone": lambda s: s.rows("fs"), "latest_row of nobody": lambda s: s.latest_row("fs", "nobody")}
+    for query, q in queries.items():
+        assert q(dyn) == q(lite), query
     assert np.isnan(dyn.latest_row("fs", "u1")["x"])
     assert dyn.prune("glucose", "u1", 30_000) == lite.prune("glucose", "u1", 30_000) == 30
     assert dyn.events("glucose", "u1") == lite.events("glucose", "u1")
@@ -201,6 +202,6 @@ def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, 
     dead = SQSDeadLetter("dead-e2e", "eu-west-1", moto_server).drain()
     assert len(dead) == 1 and "not JSON" in dead[0]["reason"]
     with Client(app.app) as c:
-        r = c.http.post("/models/glucose-forecast/predict", headers={"Content-Type": "application/json"}, body=json.dumps({"user_id": "u001"}))
+        r = c.http.post("/models/glucose-forecast/predict", headers=JSON, body=json.dumps({"user_id": "u001"}))
         assert r.status_code == 200 and r.json_body["online"]["feature_set"] == "glucose_forecast"
     assert set(MODELS) == {m["name"] for m in json.loads(Client(app.app).http.get("/models").body)["models"]}

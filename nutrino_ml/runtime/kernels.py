@@ -26,12 +26,15 @@ class ForecastKernel:
         mu, s = self.baselines(user_ids), self.state
         return mu + s["phi"]*(np.asarray(glucose, float) - mu) + s["beta"]*np.nan_to_num(np.asarray(trend, float), nan=0.0)
 
-    def predict_list(self, user_ids:list, glucose:list, trend:list) -> list:
-        "`predict` for checked inputs in plain Python floats: the same float64 operations in the same order, so the same bits."
-        s, idx, base = self.state, self.index, self.state["baseline"]
-        g, phi, beta = s["global_baseline"], s["phi"], s["beta"]
-        out = []
-        for u, x, t in zip(user_ids, glucose, trend):
-            mu = base[idx[u]] if u in idx else g
-            out.append(mu + phi*(x - mu) + beta*(0.0 if t != t else t))
-        return out
+# %% ../../nbs/runtime/06_kernels.ipynb #1e73f539
+def _predict_list(self:ForecastKernel, user_ids:list, glucose:list, trend:list) -> list:
+    "`predict` for checked inputs in plain Python floats: the same float64 operations in the same order, so the same bits."
+    s, idx, base = self.state, self.index, self.state["baseline"]
+    g, phi, beta = s["global_baseline"], s["phi"], s["beta"]
+    out = []
+    for u, x, t in zip(user_ids, glucose, trend):
+        mu = base[idx[u]] if u in idx else g
+        out.append(mu + phi*(x - mu) + beta*(0.0 if t != t else t))
+    return out
+
+ForecastKernel.predict_list = _predict_list

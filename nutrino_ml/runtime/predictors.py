@@ -34,26 +34,34 @@ class OnnxPredictor:
         self.input_name, self.names = self.session.get_inputs()[0].name, [f["name"] for f in manifest["inputs"]]
         self.one_row = self._bind_one_row()
 
-    def _bind_one_row(self):
-        "`(lock, input row, binding, output)` for one-row calls, or None when the graph is not one float matrix in, one float column out."
-        (i, *more_in), (o, *more_out) = self.session.get_inputs(), self.session.get_outputs()
-        if more_in or more_out or i.type != "tensor(float)" or o.type != "tensor(float)" or len(o.shape) not in (1, 2) or o.shape[1:] not in ([], [1]):
-            return None
-        x, y = np.zeros((1, len(self.names)), np.float32), np.zeros((1,) * len(o.shape), np.float32)
-        io = self.session.io_binding()
-        io.bind_cpu_input(self.input_name, x)
-        io.bind_output(o.name, "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
-        return threading.Lock(), x[0], io, y
+# %% ../../nbs/runtime/07_predictors.ipynb #75b032f4
+def _bind_one_row(self:OnnxPredictor):
+    "`(lock, input row, binding, output)` for one-row calls, or None when the graph is not one float matrix in, one float column out."
+    (i, *more_in), (o, *more_out) = self.session.get_inputs(), self.session.get_outputs()
+    if more_in or more_out or i.type != "tensor(float)" or o.type != "tensor(float)" or len(o.shape) not in (1, 2) or o.shape[1:] not in ([], [1]):
+        return None
+    x, y = np.zeros((1, len(self.names)), np.float32), np.zeros((1,) * len(o.shape), np.float32)
+    io = self.session.io_binding()
+    io.bind_cpu_input(self.input_name, x)
+    io.bind_output(o.name, "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    return threading.Lock(), x[0], io, y
 
-    def predict(self, cols:dict) -> list:
-        one = self.one_row
-        if one is not None and len(cols[self.names[0]]) == 1 and one[0].acquire(blocking=False):
-            try:
-                one[1][:] = [cols[n][0] for n in self.names]
-                self.session.run_with_iobinding(one[2])
-                return one[3].ravel().tolist()
-            finally: one[0].release()
-        X = np.array([cols[n] for n in self.names], dtype=np.float32).T  # one conversion, straight to float32
-        return self.session.run(None, {self.input_name: X})[0].ravel().tolist()
+OnnxPredictor._bind_one_row = _bind_one_row
 
+# %% ../../nbs/runtime/07_predictors.ipynb #e47e2406
+def _onnx_predict(self:OnnxPredictor, cols:dict) -> list:
+    "One float per row of checked columns `cols`: the bound one-row path when it is free, else `session.run`."
+    one = self.one_row
+    if one is not None and len(cols[self.names[0]]) == 1 and one[0].acquire(blocking=False):
+        try:
+            one[1][:] = [cols[n][0] for n in self.names]
+            self.session.run_with_iobinding(one[2])
+            return one[3].ravel().tolist()
+        finally: one[0].release()
+    X = np.array([cols[n] for n in self.names], dtype=np.float32).T  # one conversion, straight to float32
+    return self.session.run(None, {self.input_name: X})[0].ravel().tolist()
+
+OnnxPredictor.predict = _onnx_predict
+
+# %% ../../nbs/runtime/07_predictors.ipynb #6cb29cf9
 FORMATS = {"forecaster-json": ForecasterPredictor, "onnx": OnnxPredictor}

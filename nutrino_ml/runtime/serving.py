@@ -117,6 +117,7 @@ def _check_fields(fields:dict|None, sticky:str|None):
     if extra: raise InputError(f"unexpected request body (an object with keys {sorted(['rows', *(fields or ())])}); "
                                'send JSON {"rows": [{"field": value, ...}, ...]}' + (f" (and '{sticky}' beside them)" if sticky else ""))
 
+# %% ../../nbs/runtime/12_serving.ipynb #2b97a129
 def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|None=None, fields:dict|None=None, entity:str|None=None) -> dict:
     "Route and score `rows` for model `name`; scores the policy's shadows too; logs every prediction; returns the answer."
     request_id, t0, p = request_id or _request_id(), time.perf_counter(), self.policy(name) or {}
@@ -129,6 +130,9 @@ def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|
     if p.get("shadow"): self.shadow(name, p["shadow"], m["version"], rows, sticky, entity, request_id)
     return {"model": name, "version": m["version"], "route": reason, "predictions": preds}
 
+ServedModels.serve = _serve
+
+# %% ../../nbs/runtime/12_serving.ipynb #22605696
 def _shadow(self:ServedModels, name:str, versions:list, served:int, rows:list, sticky, entity, request_id:str):
     "Score `rows` with each shadow version but the one that `served`; log each, never raise."
     for v in versions:
@@ -137,7 +141,7 @@ def _shadow(self:ServedModels, name:str, versions:list, served:int, rows:list, s
         try: log_prediction(self.log, request_id, name, v, "shadow", True, t1, entity, self.score(self.manifests[name][v], rows, sticky))
         except Exception as e: self.log({**prediction_record(request_id, name, v, "shadow", True, ms_since(t1), entity, None), "error": str(e)})
 
-ServedModels.serve, ServedModels.shadow = _serve, _shadow
+ServedModels.shadow = _shadow
 
 # %% ../../nbs/runtime/12_serving.ipynb #f672b768
 def _store(self:ServedModels):
