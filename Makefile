@@ -19,10 +19,11 @@ WHEELHOUSE := .wheelhouse
 DEMO_USERS ?= 12
 DEMO_DAYS ?= 10
 
-.PHONY: help venv demo test bench lint-nbs nbs-test pytest lab clean
+.PHONY: help venv demo test fuzz bench lint-nbs nbs-test pytest lab clean
 help:
 	@echo "make demo   simulate a lake, train + register both models, promote, export, serve with chalice local, predict"
 	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
+	@echo "make fuzz   20,000 random requests of every route over HTTP to chalice local: no 5xx"
 	@echo "make bench  serving benchmarks vs MLflow (bench/README.md)"
 
 $(STAMP): pyproject.toml chalice_app/requirements.txt Makefile
@@ -59,6 +60,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint-nbs nbs-test pytest
+
+# the long fuzz run: 20,000 random requests of every route and protocol over HTTP to chalice local, 0 x 5xx (make test sends 2,500)
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/python -m pytest -p no:cacheprovider -n 0 -s -q tests/test_fuzz.py
 
 # benchmarks against the tools a user would otherwise use; each writes its table into bench/README.md
 bench: $(STAMP)

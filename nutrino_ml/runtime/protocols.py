@@ -87,6 +87,8 @@ def _positional(rows:list, names:list) -> list:
 def _split(d, names:list) -> list:
     if not isinstance(d, dict) or "data" not in d: raise InputError('dataframe_split: expected {"columns": [...], "data": [[...], ...]}')
     cols = d.get("columns") or names
+    if not isinstance(cols, list) or not all(type(c) is str for c in cols):
+        raise InputError(f"dataframe_split: 'columns' must be a list of column names (strings), got {cols!r:.60}")
     if not isinstance(d["data"], list) or any(not isinstance(r, list) or len(r) != len(cols) for r in d["data"]):
         raise InputError(f"dataframe_split: every row of 'data' must be a list of {len(cols)} values (columns {cols})")
     return [dict(zip(cols, r)) for r in d["data"]]
@@ -119,7 +121,8 @@ def _cell(v:str):
 def csv_rows(body) -> list:
     "JSON rows of a CSV body with a header row."
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
-    lines = list(csv.reader(io.StringIO(text.strip())))
+    try: lines = list(csv.reader(io.StringIO(text.strip())))
+    except csv.Error as e: raise InputError(f"CSV body is not valid CSV ({e}); quote fields that hold line breaks, and keep each under 128 KiB") from None
     if len(lines) < 2: raise InputError("CSV body: expected a header row and at least one data row")
     header, data = lines[0], lines[1:]
     bad = [i for i, r in enumerate(data) if len(r) != len(header)]
@@ -137,6 +140,7 @@ def _tensor_column(t, i:int, fields:dict) -> tuple:
     if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= set(t):
         raise InputError(f"inputs[{i}]: a tensor needs name, shape, datatype and data")
     name, dt, data = t["name"], str(t["datatype"]).upper(), _flat(t["data"])
+    if type(name) is not str: raise InputError(f"inputs[{i}]: a tensor's name must be a string, got {name!r:.60}")
     if name not in fields: raise InputError(f"inputs[{i}]: unknown input '{name}'; this version takes {list(fields)}", name)
     want = "BYTES" if fields[name]["type"] == "string" else "numeric"
     if (want == "BYTES") != (dt == "BYTES") or (dt != "BYTES" and dt not in _NUMERIC):

@@ -16,7 +16,7 @@ BUCKETS = 10_000
 
 def bucket(key:str, salt:str) -> int:
     "Stable bucket of `key` in [0, 10000), salted (with the model name) so models split independently."
-    return int.from_bytes(hashlib.sha256(f"{salt}|{key}".encode()).digest()[:8], "big") % BUCKETS
+    return int.from_bytes(hashlib.sha256(f"{salt}|{key}".encode("utf-8", "surrogatepass")).digest()[:8], "big") % BUCKETS
 
 def choose(weights:dict, b:int) -> int:
     "The version (key of `weights`, percentages in policy order) whose share of the buckets holds bucket `b`."

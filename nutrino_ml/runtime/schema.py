@@ -8,7 +8,7 @@ import math
 from .errors import InputError
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'type_name', 'validate_rows']
+__all__ = ['MAX_ROWS', 'type_name', 'is_text', 'validate_rows']
 
 # %% ../../nbs/runtime/03_schema.ipynb #a23452ce
 MAX_ROWS = 10_000
@@ -16,6 +16,12 @@ MAX_ROWS = 10_000
 def type_name(v):
     "How a JSON value's type is named in error messages."
     return {bool: "a boolean", str: "a string", list: "a list", dict: "an object", type(None): "null"}.get(type(v), "a number")
+
+def is_text(s:str) -> bool:
+    "Can `s` be written as UTF-8? (JSON's `\\ud800` escapes decode to lone surrogates, which cannot)"
+    try: s.encode("utf-8")
+    except UnicodeEncodeError: return False
+    return True
 
 def _field_value(row:dict, i:int, f:dict):
     name, v = f["name"], row.get(f["name"])
@@ -29,6 +35,7 @@ def _field_value(row:dict, i:int, f:dict):
         if not math.isfinite(v): raise InputError(f"row {i}: field '{name}' must be a finite number, got {row.get(name)!r:.40}", name)
         return v
     if not isinstance(v, str) or not v: raise InputError(f"row {i}: field '{name}' must be a non-empty string, got {type_name(v)} ({v!r})", name)
+    if not is_text(v): raise InputError(f"row {i}: field '{name}' is not valid Unicode text (it holds a lone surrogate: {v!r:.40}); send UTF-8 text", name)
     return v
 
 # %% ../../nbs/runtime/03_schema.ipynb #2674b363
@@ -38,7 +45,7 @@ def _one_row(row:dict, plan:list) -> dict:
     for name, double, f in plan:
         v = row.get(name)
         if double and type(v) is float and v - v == 0.0: cols[name] = [v]
-        elif not double and type(v) is str and v: cols[name] = [v]
+        elif not double and type(v) is str and v and v.isascii(): cols[name] = [v]
         else: cols[name] = [_field_value(row, 0, f)]
     return cols
 
@@ -53,7 +60,7 @@ def _row_values(row, i:int, names:list, fields, plan:list) -> list:
         v = row.get(name)
         # the common cases inline: a finite float (v - v is NaN for inf and NaN) or a non-empty string
         if double and type(v) is float and v - v == 0.0: vals.append(v)
-        elif not double and type(v) is str and v: vals.append(v)
+        elif not double and type(v) is str and v and v.isascii(): vals.append(v)
         else: vals.append(_field_value(row, i, f))
     return vals
 

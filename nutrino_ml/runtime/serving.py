@@ -8,7 +8,7 @@ import math, os, time
 from pathlib import Path
 from .errors import EntityNotFound, InputError, ModelNotFound, ModelUnavailable
 from .jsonio import print_json_line
-from .schema import validate_rows
+from .schema import is_text, validate_rows
 from .predictors import FORMATS
 from .bundles import read_manifests, verify_bundle
 from .routing import bucket, choose, entity_of, load_policy
@@ -76,6 +76,7 @@ ServedModels.default, ServedModels.manifest_for, ServedModels.schema = _default,
 # %% ../../nbs/runtime/12_serving.ipynb #b186b3e0
 def _policy(self:ServedModels, name:str) -> dict|None:
     "The traffic policy of `name`, or None (then every unpinned request gets `production`)."
+    if name not in self.manifests: return None  # a name nothing serves never touches the file system (nor grows the cache)
     if name not in self._policies:
         f = self.root/name/"policy.json"
         self._policies[name] = load_policy(f, name, self.manifests.get(name, {})) if f.is_file() else None
@@ -165,6 +166,7 @@ def _serve_online(self:ServedModels, name:str, entity, fields:dict, version=None
     fs = self.manifest_for(name, version)["feature_set"]
     if not isinstance(entity, (str, int)) or isinstance(entity, bool) or entity == "": raise InputError(f"'{fs['key']}' must be a non-empty string", fs["key"])
     entity = str(entity)
+    if not is_text(entity): raise InputError(f"'{fs['key']}' is not valid Unicode text (a lone surrogate: {entity!r:.40}); send UTF-8 text", fs["key"])
     latest = self.store().latest_row(fs["name"], entity)
     if latest is None:
         raise EntityNotFound(f"no online features for {fs['key']} '{entity}' (feature set '{fs['name']}'): the stream has not seen this {fs['key']} yet; "
