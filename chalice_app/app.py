@@ -151,10 +151,11 @@ def v2_infer_version(name, version):
 def stream_processor():
     """The StreamProcessor of this container: online store, dead letters, attempts from the settings."""
     from nutrino_ml.runtime.stream import open_stream_processor
-    return open_stream_processor(SETTINGS.online_store, SETTINGS.dead_letter, REGION, SETTINGS.aws_endpoint_url, SETTINGS.stream_max_attempts)
+    return open_stream_processor(SETTINGS.online_store, SETTINGS.dead_letter, REGION, SETTINGS.aws_endpoint_url,
+                                 SETTINGS.stream_max_attempts, SETTINGS.stream_max_clock_skew_s)
 
 
 @app.on_kinesis_record(stream=SETTINGS.stream_name, batch_size=100, starting_position="TRIM_HORIZON")
 def features_from_stream(event):
     """Raw events -> each affected user's features in the online store; bad records come back as batchItemFailures."""
-    return stream_processor().process([(r.sequence_number, r.data) for r in event])
+    return stream_processor().process_event(event.to_dict())  # the raw records: one that is not base64 is dead-lettered, not fatal

@@ -257,7 +257,7 @@ def _cmd_stream_replay(s, a):
     from nutrino_ml.replay import as_records, replay
     from nutrino_ml.runtime.stream import event_records, open_stream_processor
     profiles, timed = _lake_events(_lake(s), a.last)
-    proc = open_stream_processor(s.online_store, s.dead_letter, s.region, s.aws_endpoint_url, s.stream_max_attempts)
+    proc = open_stream_processor(s.online_store, s.dead_letter, s.region, s.aws_endpoint_url, s.stream_max_attempts, s.stream_max_clock_skew_s)
     r = replay(lambda event, ctx: proc.process(event_records(event)), as_records(profiles + timed), a.batch_size)
     print(f"replayed {r['records']} events ({len(profiles)} profiles, the last {len(timed)} meals and readings) through "
           f"the Kinesis handler's runtime in {r['deliveries']} batches ({r['redelivered']} redelivered) -> {s.online_store}")

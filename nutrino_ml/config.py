@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TELEMETRY_OFF', 'EMBEDDED_DEFAULTS', 'TYPED_KEYS', 'disable_telemetry', 'Settings', 'whole_number', 'convert_value',
-           'resolve_path', 'find_settings_file', 'load_settings']
+__all__ = ['TELEMETRY_OFF', 'EMBEDDED_DEFAULTS', 'TYPED_KEYS', 'disable_telemetry', 'Settings', 'whole_number', 'seconds',
+           'convert_value', 'resolve_path', 'find_settings_file', 'load_settings']
 
 # %% ../nbs/00_config.ipynb #86d98ff2
 TELEMETRY_OFF = {
@@ -42,6 +42,7 @@ class Settings:
     online_store: str              # sqlite:///... or dynamodb://table
     dead_letter: str               # where stream records that keep failing go: sqlite:///... or sqs://queue-name
     stream_max_attempts: int       # deliveries of a failing record before it goes to dead_letter
+    stream_max_clock_skew_s: float # how far (seconds) after the Lambda's clock an event's time may be; later is refused
     spark_master: str              # local[*], yarn, spark://host:7077, ...
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
@@ -56,19 +57,31 @@ EMBEDDED_DEFAULTS = dict(
     datalake_root="data/lake", mlflow_tracking_uri="sqlite:///data/mlflow/mlflow.db",
     mlflow_artifact_location="data/mlflow/artifacts", experiment_name="nutrino",
     bundle_dir="chalice_app/chalicelib/models", app_dir="chalice_app", stream_name="nutrino-events",
-    online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3",
+    online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3", stream_max_clock_skew_s="300",
     spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="")
 
 # %% ../nbs/00_config.ipynb #4e74f7dc
 def whole_number(value:str # the text of a setting, e.g. '3'
                 ) -> int:
     "`value` as an int >= 1; ValueError otherwise."
-    n = int(str(value).strip())  # 'three', '2.5' and '' raise ValueError here
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()): raise ValueError(f"whole_number: {value!r} is not written in ASCII digits")  # int() takes '٣' too
+    n = int(text)
     if n < 1: raise ValueError(f"whole_number: {value!r} is below 1; give a count such as 3")
     return n
 
+def seconds(value:str # the text of a setting, e.g. '300' or '2.5'
+           ) -> float:
+    "`value` as a finite float >= 0 (seconds); ValueError otherwise."
+    text = str(value).strip()
+    if not text.isascii(): raise ValueError(f"seconds: {value!r} is not written in ASCII")
+    s = float(text)  # 'five' and '' raise ValueError here
+    if not 0 <= s < float("inf"): raise ValueError(f"seconds: {value!r} is not a finite number >= 0")
+    return s
+
 TYPED_KEYS = {  # key -> (converter raising ValueError, what it accepts)
     "stream_max_attempts": (whole_number, "a whole number >= 1"),
+    "stream_max_clock_skew_s": (seconds, "a number of seconds >= 0"),
 }
 
 # %% ../nbs/00_config.ipynb #35591945

@@ -10,7 +10,7 @@ from .config import TELEMETRY_OFF, find_settings_file, load_settings
 
 # %% auto #0
 __all__ = ['LIMITS', 'COLD_PATH', 'PackageError', 'zip_sizes', 'check_limits', 'lambda_handlers', 'cold_path_modules',
-           'add_bytecode', 'package_app']
+           'add_bytecode', 'stream_merge_template', 'package_app']
 
 # %% ../nbs/08a_package.ipynb #73af0681
 class PackageError(RuntimeError):
@@ -150,9 +150,22 @@ def _app_copy(app_dir:Path, dst:Path) -> Path:
     return dst
 
 # %% ../nbs/08a_package.ipynb #684d0798
+def stream_merge_template(app_dir:Path, stage:str) -> dict|None:
+    "`.chalice/stream-events.json` for `stage`, with the stage's SQS dead letters as the Kinesis mapping's on-failure destination."
+    f = Path(app_dir)/".chalice"/"stream-events.json"
+    if not f.exists(): return None
+    merge = json.loads(f.read_text())
+    dlq = json.loads((Path(app_dir)/".chalice"/"config.json").read_text())["stages"].get(stage, {}).get("environment_variables", {}).get("NUTRINO_DEAD_LETTER", "")
+    if dlq.startswith("sqs://"):  # what the event source mapping gives up on (retries or record age exhausted) is kept there too
+        props = merge["Resources"]["FeaturesFromStream"]["Properties"]["Events"]["FeaturesFromStreamKinesisEventSource"]["Properties"]
+        props["DestinationConfig"] = {"OnFailure": {"Type": "SQS", "Destination": {"Fn::Sub": f"arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{dlq[6:]}"}}}
+    return merge
+
+# %% ../nbs/08a_package.ipynb #155a20bf
 def _chalice_package(src:Path, out:Path, stage:str, env:dict) -> str:
     "Run `chalice package` for the app copy at `src` into `out`; returns its log, raises PackageError when it fails."
-    merge = src/".chalice"/"stream-events.json"  # ReportBatchItemFailures for the Kinesis source (chalice has no option)
+    merge = src/".chalice"/f"stream-events-{stage}.json"  # ReportBatchItemFailures and the on-failure destination (chalice has no option)
+    if (m := stream_merge_template(src, stage)) is not None: merge.write_text(json.dumps(m, indent=1))
     cmd = [str(Path(sys.executable).with_name("chalice")), "package", "--stage", stage, *(["--merge-template", str(merge)] if merge.exists() else []), str(out)]
     r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
     log = (r.stdout + r.stderr).strip()

@@ -5,6 +5,7 @@ import json, shutil
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from chalice.test import Client
 
 from helpers import JSON, MODELS, load_app_module
@@ -69,7 +70,7 @@ def test_the_lambda_runtime_gives_the_pandas_rows_on_late_duplicate_and_out_of_o
         assert store.latest_row("glucose_forecast", u)["glucose_mgdl"] == LAKE["glucose"][LAKE["glucose"].user_id == u].sort_values("ts").glucose_mgdl.iloc[-1], u
 
 
-def test_bad_records_are_reported_the_good_ones_kept_and_repeat_failures_dead_lettered(built, app_env):
+def test_bad_records_go_to_the_dead_letters_at_once_and_the_good_ones_are_kept(built, app_env):
     app = stream_app(built, app_env)
     events = events_from_frames({t: LAKE[t][LAKE[t].user_id == "u000"] if "user_id" in LAKE[t] else LAKE[t] for t in LAKE})[:120]
     good = as_records(events)
@@ -79,22 +80,56 @@ def test_bad_records_are_reported_the_good_ones_kept_and_repeat_failures_dead_le
            ("b-range", json.dumps({**events[5], "event_id": "gx", "glucose_mgdl": 4000}).encode(), "u000")]
     batch = good[:40] + bad[:2] + good[40:80] + bad[2:] + good[80:]
     ids = lambda resp: [f["itemIdentifier"] for f in resp["batchItemFailures"]]  # noqa: E731
-    # one delivery: exactly the bad ones are reported; every good one is processed
-    assert ids(app.features_from_stream(kinesis_event(batch), None)) == ["b-json", "b-big", "b-type", "b-range"]
+    sent = []
+    app.stream_processor().log = lambda r: sent.append(r["record_id"]) if r.get("event") == "stream_dead_letter" else None
+    # one delivery: nothing is reported (nothing here can succeed later); every good record is stored, every bad one dead-lettered
+    assert ids(app.features_from_stream(kinesis_event(batch), None)) == []
     store = SQLiteStore(app_env / "online.db")
     stored = {e["event_id"] for e in store.events("glucose", "u000")} | {e["event_id"] for e in store.events("meals", "u000")}
     assert stored == {e["event_id"] for e in events if "event_id" in e}
     rows = {n: store.rows(n, "u000") for n in FEATURE_SETS}
-    # Lambda retries from the lowest reported record: the good ones after it come again and change nothing
-    assert ids(app.features_from_stream(kinesis_event(batch[40:]), None)) == ["b-json", "b-big", "b-type", "b-range"]
-    assert {n: store.rows(n, "u000") for n in FEATURE_SETS} == rows
-    # the third failed delivery sends each bad record to the dead letters, with its reason, and it is no longer reported
-    assert ids(app.features_from_stream(kinesis_event(batch[40:]), None)) == []
     dead = {d["record_id"]: d["reason"] for d in SQLiteDeadLetter(app_env / "online.db").list()}
-    assert set(dead) == {"b-json", "b-big", "b-type", "b-range"}
+    assert set(dead) == {"b-json", "b-big", "b-type", "b-range"}, dead
     assert "not JSON" in dead["b-json"] and "at most 65536" in dead["b-big"] and "unknown event type 'steps'" in dead["b-type"]
-    assert "field 'glucose_mgdl' = 4000: outside [20, 600]" in dead["b-range"] and "(failed 3 deliveries)" in dead["b-range"]
-    assert {n: store.rows(n, "u000") for n in FEATURE_SETS} == rows  # nothing valid lost or changed
+    assert "field 'glucose_mgdl' = 4000: outside [20, 600]" in dead["b-range"]
+    # Kinesis delivers at least once: a redelivery changes no row and sends no record to the dead letters again
+    assert ids(app.features_from_stream(kinesis_event(batch[40:]), None)) == []
+    assert {n: store.rows(n, "u000") for n in FEATURE_SETS} == rows
+    assert sorted(sent) == ["b-big", "b-json", "b-range", "b-type"], sent
+
+
+def test_a_record_that_is_not_base64_is_dead_lettered_and_the_batch_kept(built, app_env):
+    app = stream_app(built, app_env)
+    events = events_from_frames({t: LAKE[t][LAKE[t].user_id == "u002"] for t in LAKE})[:30]
+    event = kinesis_event(as_records(events))
+    event["Records"][3]["kinesis"]["data"] = "%%% not base64 %%%"
+    assert app.features_from_stream(event, None) == {"batchItemFailures": []}
+    dead = SQLiteDeadLetter(app_env / "online.db").list()
+    assert [(d["record_id"], d["data"]) for d in dead] == [(event["Records"][3]["kinesis"]["sequenceNumber"], "%%% not base64 %%%")], dead
+    assert "not base64" in dead[0]["reason"]
+    assert len(SQLiteStore(app_env / "online.db").events("glucose", "u002")) == sum(e["type"] == "glucose" for e in events) - (events[3]["type"] == "glucose")
+
+
+@pytest.mark.parametrize("case, ts, reason", [
+    ("the year 9999", "9999-12-31T23:00:00Z", "cannot come from the future"),
+    ("an hour ahead of the clock", None, "cannot come from the future"),
+    ("10^20 milliseconds", 1e20, "cannot come from the future"),
+    ("epoch seconds", "seconds", "looks like epoch seconds"),
+])
+def test_an_implausible_time_is_dead_lettered_and_moves_no_window(built, app_env, case, ts, reason):
+    app = stream_app(built, app_env)
+    events = [e for e in events_from_frames({t: LAKE[t][LAKE[t].user_id == "u001"] for t in LAKE}) if e["type"] == "glucose"]
+    first, later = events[:20], events[20:40]
+    last = pd.Timestamp(first[-1]["ts"])
+    ts = {None: (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)).isoformat(), "seconds": int(last.timestamp())}.get(ts, ts)
+    poison = {**first[-1], "event_id": "poison", "ts": ts}
+    recs = as_records(first) + [("9" * 55 + "0", json.dumps(poison).encode(), "u001")] + as_records(later, start=100)
+    replay(app.features_from_stream, recs, batch_size=25)
+    dead = {d["record_id"]: d["reason"] for d in SQLiteDeadLetter(app_env / "online.db").list()}
+    assert list(dead) == ["9" * 55 + "0"] and reason in dead["9" * 55 + "0"], (case, dead)
+    store = SQLiteStore(app_env / "online.db")
+    assert {e["event_id"] for e in store.events("glucose", "u001")} == {e["event_id"] for e in first + later}, case  # nothing dropped
+    assert store.latest_row("glucose_forecast", "u001")["event_id"] == later[-1]["event_id"], case  # the window follows the real readings
 
 
 def test_a_failing_store_reports_the_records_and_a_retry_completes_them(built, app_env):
@@ -108,6 +143,88 @@ def test_a_failing_store_reports_the_records_and_a_retry_completes_them(built, a
     assert app.features_from_stream(kinesis_event(as_records(events)), None) == {"batchItemFailures": []}
     batch = build_features(FEATURE_SETS["glucose_forecast"], {"glucose": LAKE["glucose"][LAKE["glucose"].event_id.isin([e.get("event_id") for e in events])]})
     assert_same_rows(proc.store.rows("glucose_forecast", "u001"), batch, FEATURE_SETS["glucose_forecast"])
+
+
+def test_a_store_that_keeps_failing_dead_letters_after_max_attempts(built, app_env):
+    app = stream_app(built, app_env)
+    events = [e for e in events_from_frames({t: LAKE[t][LAKE[t].user_id == "u002"] for t in LAKE}) if e["type"] == "glucose"][:10]
+    proc, event = app.stream_processor(), kinesis_event(as_records(events))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(proc.store, "put_rows", lambda *a: (_ for _ in ()).throw(OSError("disk I/O error")))
+        reported = [len(app.features_from_stream(event, None)["batchItemFailures"]) for _ in range(3)]  # NUTRINO_STREAM_MAX_ATTEMPTS=3
+    assert reported == [10, 10, 0], reported  # reported while a retry may help, then dead-lettered: the shard moves on
+    dead = SQLiteDeadLetter(app_env / "online.db").list()
+    assert len(dead) == 10 and all("the online store failed: OSError: disk I/O error (failed 3 deliveries)" == d["reason"] for d in dead), dead[:2]
+
+
+class FlakyStore:
+    "The SQLite store, whose writes of feature rows fail now and then (a transient failure, as a throttled DynamoDB's)."
+    def __init__(self, store, rng, p):
+        self._store, self._rng, self._p = store, rng, p
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+    def put_rows(self, *a):
+        if self._rng.random() < self._p: raise OSError("throttled")
+        return self._store.put_rows(*a)
+
+
+POISON = [b"{not json", b"[1, 2]", json.dumps({"type": "steps", "user_id": "u000"}).encode(),
+          json.dumps({"type": "glucose", "event_id": "p1", "user_id": "u000", "ts": "9999-01-01T00:00:00Z", "glucose_mgdl": 100}).encode(),
+          json.dumps({"type": "glucose", "event_id": "p2", "user_id": "u000", "ts": 1767254400, "glucose_mgdl": 100}).encode(),
+          json.dumps({"type": "glucose", "event_id": "p3", "user_id": "u000", "ts": 1e20, "glucose_mgdl": 100}).encode(),
+          json.dumps({"type": "glucose", "event_id": "p4", "user_id": "u001", "ts": "2026-01-01T08:00:00Z", "glucose_mgdl": 4000}).encode(),
+          "not base64"]
+STREAM = [e for e in events_from_frames(LAKE)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, len(STREAM) - 60), st.integers(20, 60), st.lists(st.tuples(st.integers(0, 59), st.sampled_from(POISON)), max_size=8),
+       st.integers(5, 40), st.sampled_from([0.0, 0.2, 0.5]), st.integers(0, 2**32 - 1))
+def test_every_record_is_stored_dead_lettered_or_reported_and_a_redelivery_changes_nothing(start, n, poison, batch_size, p_fail, seed):
+    """A property over random batches with poison mixed in, delivered as Lambda's event source mapping does (again from the
+    lowest reported record), to a store that fails now and then: each record ends stored or dead-lettered, never lost; then the
+    whole stream delivered again changes no stored event, no feature row and sends nothing more to the dead letters."""
+    import random, tempfile
+    from pathlib import Path
+    from nutrino_ml.runtime.stream import StreamProcessor
+    tmp = Path(tempfile.mkdtemp())
+    rng = random.Random(seed)
+    store, dead, sent = SQLiteStore(tmp / "s.db"), SQLiteDeadLetter(tmp / "s.db"), []
+    proc = StreamProcessor(FlakyStore(store, rng, p_fail), dead, max_attempts=3,
+                           log=lambda r: sent.append(r["record_id"]) if r.get("event") == "stream_dead_letter" else None)
+    events = STREAM[:3] + STREAM[3 + start:3 + start + n]  # profiles, then a stretch of meals and readings
+    recs = as_records(events)
+    for i, payload in sorted(poison, key=lambda p: p[0], reverse=True):
+        recs.insert(min(i, len(recs)), ("p", payload, "u000"))
+    recs = [(f"{k + 1:056d}", d, pk) for k, (_, d, pk) in enumerate(recs)]  # sequence numbers in stream order
+    def deliver(records):
+        event = kinesis_event([(s, d if isinstance(d, bytes) else b"", pk) for s, d, pk in records])
+        for r, (_, d, _) in zip(event["Records"], records):
+            if not isinstance(d, bytes): r["kinesis"]["data"] = d  # a payload that is not base64
+        return proc.process_event(event)
+    replay(lambda event, ctx: deliver([(r["kinesis"]["sequenceNumber"], next(d for s, d, _ in recs if s == r["kinesis"]["sequenceNumber"]), r["kinesis"]["partitionKey"])
+                                       for r in event["Records"]]), [(s, b"", pk) for s, _, pk in recs], batch_size, max_deliveries=10)
+    stored = {(t, e.get("event_id") or e["user_id"]) for t in ("glucose", "meals", "users") for u in ("u000", "u001", "u002") for e in store.events(t, u)}
+    dead_ids = {d["record_id"] for d in dead.list()}
+    table = {"glucose": "glucose", "meal": "meals", "user": "users"}
+    for s, d, _ in recs:
+        try: e = json.loads(d) if isinstance(d, bytes) else None
+        except ValueError: e = None
+        key = (table.get(e.get("type")), e.get("event_id") or e.get("user_id")) if isinstance(e, dict) else None
+        assert (key in stored) or (s in dead_ids), f"record {s} ({d[:60]!r}) was neither stored nor dead-lettered"
+    assert len(sent) == len(set(sent)), "a record was sent to the dead letters twice"
+    proc.store._p = 0.0  # from here on the store is healthy: one more delivery completes what the failures left undone ...
+    redeliver = lambda: replay(lambda event, ctx: deliver([(r["kinesis"]["sequenceNumber"], by_seq[r["kinesis"]["sequenceNumber"]], r["kinesis"]["partitionKey"])
+                                                           for r in event["Records"]]), [(s, b"", pk) for s, _, pk in recs], batch_size)
+    by_seq = {s: d for s, d, _ in recs}
+    redeliver()
+    state = lambda: ({(n, u): store.rows(n, u) for n in FEATURE_SETS for u in ("u000", "u001", "u002")},
+                     {(t, u): store.events(t, u) for t in ("glucose", "meals", "users") for u in ("u000", "u001", "u002")},
+                     sorted(d["record_id"] for d in dead.list()))
+    before = state()
+    redeliver()  # ... and another changes nothing: no event, no feature row, no dead letter
+    assert state() == before
+    assert len(sent) == len(set(sent)), "a record was sent to the dead letters twice"
 
 
 def test_serving_fills_a_request_from_online_features(built, app_env):

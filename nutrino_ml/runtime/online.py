@@ -45,8 +45,15 @@ def _attempt(self:OnlineStore, record_id:str, reason:str) -> int:
     "Count one more failed delivery of stream record `record_id`; returns the count so far."
     raise NotImplementedError
 
+def _dead_lettered(self:OnlineStore, record_id:str) -> bool:
+    "Has stream record `record_id` been sent to the dead letters already? (a redelivery is not sent twice)"
+    raise NotImplementedError
+def _mark_dead_lettered(self:OnlineStore, record_id:str, reason:str):
+    "Remember that stream record `record_id` was sent to the dead letters, and why."
+    raise NotImplementedError
+
 OnlineStore.put_rows, OnlineStore.rows, OnlineStore.put_latest_row, OnlineStore.latest_row = _put_rows, _rows, _put_latest_row, _latest_row
-OnlineStore.attempt = _attempt
+OnlineStore.attempt, OnlineStore.dead_lettered, OnlineStore.mark_dead_lettered = _attempt, _dead_lettered, _mark_dead_lettered
 
 # %% ../../nbs/runtime/11_online.ipynb #b9c2ca22
 def _dumps(v) -> str: return json.dumps(v, separators=(",", ":"), default=_plain)
@@ -71,6 +78,7 @@ CREATE INDEX IF NOT EXISTS events_by_time ON events (tbl, entity, ts);
 CREATE TABLE IF NOT EXISTS rows (fset TEXT, entity TEXT, event_id TEXT, ts INTEGER, body TEXT, PRIMARY KEY (fset, entity, event_id));
 CREATE TABLE IF NOT EXISTS now (fset TEXT, entity TEXT, body TEXT, updated REAL, PRIMARY KEY (fset, entity));
 CREATE TABLE IF NOT EXISTS attempts (id TEXT PRIMARY KEY, n INTEGER, reason TEXT, updated REAL);
+CREATE TABLE IF NOT EXISTS dead_lettered (id TEXT PRIMARY KEY, reason TEXT, at REAL);
 """
 
 class SQLiteStore(OnlineStore):
@@ -139,7 +147,13 @@ def _sqlite_attempt(self:SQLiteStore, record_id, reason):
                    (record_id, reason, time.time()))
         return db.execute("SELECT n FROM attempts WHERE id=?", (record_id,)).fetchone()[0]
 
-SQLiteStore.attempt = _sqlite_attempt
+def _sqlite_dead_lettered(self:SQLiteStore, record_id):
+    return self._db().execute("SELECT 1 FROM dead_lettered WHERE id=?", (record_id,)).fetchone() is not None
+
+def _sqlite_mark_dead_lettered(self:SQLiteStore, record_id, reason):
+    with self._db() as db: db.execute("INSERT OR REPLACE INTO dead_lettered VALUES (?,?,?)", (record_id, reason, time.time()))
+
+SQLiteStore.attempt, SQLiteStore.dead_lettered, SQLiteStore.mark_dead_lettered = _sqlite_attempt, _sqlite_dead_lettered, _sqlite_mark_dead_lettered
 
 # %% ../../nbs/runtime/11_online.ipynb #4dc0be55
 def aws_client(service:str, region:str="", endpoint_url:str=""):
@@ -242,7 +256,13 @@ def _dynamo_attempt(self:DynamoStore, record_id, reason):
                             ReturnValues="UPDATED_NEW")
     return int(r["Attributes"]["n"]["N"])
 
-DynamoStore.attempt = _dynamo_attempt
+def _dynamo_dead_lettered(self:DynamoStore, record_id):
+    return "Item" in self.db.get_item(TableName=self.table, Key={"pk": {"S": "dead"}, "sk": {"S": record_id}})
+
+def _dynamo_mark_dead_lettered(self:DynamoStore, record_id, reason):
+    self.db.put_item(TableName=self.table, Item={"pk": {"S": "dead"}, "sk": {"S": record_id}, "reason": {"S": reason}, "at": {"N": str(time.time())}})
+
+DynamoStore.attempt, DynamoStore.dead_lettered, DynamoStore.mark_dead_lettered = _dynamo_attempt, _dynamo_dead_lettered, _dynamo_mark_dead_lettered
 
 # %% ../../nbs/runtime/11_online.ipynb #1f099533
 class SQLiteDeadLetter:

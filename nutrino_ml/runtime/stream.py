@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runtime/15_stream.ipynb #31c50771
 from __future__ import annotations
-import base64, json, sys, time
+import base64, binascii, json, sys, time
 from collections import defaultdict
 import numpy as np
 from .tables import TABLES, RecordError, check_record
@@ -19,7 +19,13 @@ __all__ = ['EVENT_TYPES', 'MAX_RECORD_BYTES', 'MINUTE_US', 'decode_record', 'eve
 EVENT_TYPES = {"glucose": "glucose", "meal": "meals", "user": "users"}  # record `type` -> lake table
 MAX_RECORD_BYTES = 64 * 1024  # one event is a few hundred bytes; Kinesis would take 1 MB
 
-def decode_record(data:bytes) -> tuple:
+def _utc(us:int) -> str:
+    try: return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
+    except (OverflowError, ValueError, OSError): return f"{us} µs after the epoch"
+
+def decode_record(data:bytes,
+                  latest_us:int|None=None # no event may be later than this (µs): the clock plus the allowed skew
+                 ) -> tuple:
     "`(table, typed event)` of one record's data; `RecordError` saying what is wrong with it."
     if len(data) > MAX_RECORD_BYTES: raise RecordError(f"record is {len(data)} bytes; an event may have at most {MAX_RECORD_BYTES}")
     try: obj = json.loads(data)
@@ -28,7 +34,11 @@ def decode_record(data:bytes) -> tuple:
     kind = obj.get("type")
     if kind not in EVENT_TYPES: raise RecordError(f"unknown event type {kind!r}; types are {sorted(EVENT_TYPES)}", "type")
     table = EVENT_TYPES[kind]
-    return table, check_record(table, {k: v for k, v in obj.items() if k != "type"})
+    ev = check_record(table, {k: v for k, v in obj.items() if k != "type"})
+    if latest_us is not None and ev.get("ts") is not None and ev["ts"] > latest_us:
+        raise RecordError(f"{table} event: field 'ts' = {_utc(ev['ts'])} is after this Lambda's clock (plus the allowed skew, "
+                          f"up to {_utc(latest_us)}); an event cannot come from the future: check the sender's clock and time zone", "ts")
+    return table, ev
 
 # %% ../../nbs/runtime/15_stream.ipynb #1dd14642
 def event_columns(table:str, events:list) -> dict:
@@ -59,46 +69,62 @@ def batch_failures(record_ids:list) -> dict:
 class StreamProcessor:
     "Kinesis records -> online feature store, with partial batch failures and dead letters."
     def __init__(self, store, dead_letter, feature_sets:dict=FEATURE_SETS, max_attempts:int=3,
-                 retention_min:float=2 * 24 * 60, log=print_json_line):
+                 retention_min:float=2 * 24 * 60, max_clock_skew_s:float=300, clock=time.time, log=print_json_line):
         self.store, self.dead_letter, self.fsets, self.max_attempts = store, dead_letter, feature_sets, int(max_attempts)
-        self.retention_us, self.log = int(retention_min * MINUTE_US), log
+        self.retention_us, self.skew_s, self.clock, self.log = int(retention_min * MINUTE_US), float(max_clock_skew_s), clock, log
 
     def process(self, records:list) -> dict:
-        "Process `[(record_id, data bytes), ...]`; returns Lambda's partial batch response."
-        t0, stats = time.perf_counter(), defaultdict(int)
-        by_entity, ids, failed = self._decode(records, stats)
+        "Process `[(record_id, data bytes or the RecordError of its undecodable data), ...]`; returns Lambda's partial batch response."
+        t0, stats, raw = time.perf_counter(), defaultdict(int), dict(records)
+        by_entity, ids, failed = self._decode(records, stats, int((self.clock() + self.skew_s) * 1e6))
         for entity, tables in by_entity.items():
             try: stats["rows"] += self.update_entity(entity, {t: list(evs.values()) for t, evs in tables.items()}, stats)
-            except Exception as e:  # the store failed: retry these records (their writes are idempotent)
-                failed += ids[entity]; stats["failed_writes"] += len(ids[entity])
+            except Exception as e:  # the store failed: these records may succeed later (their writes are idempotent)
+                failed += self._store_failed(ids[entity], raw, f"the online store failed: {type(e).__name__}: {e}", stats)
                 self.log({"event": "stream_error", "entity": entity, "error": f"{type(e).__name__}: {e}"})
         self.log({"event": "stream_batch", "records": len(records), **stats, "entities": len(by_entity), "reported": len(failed),
                   "ms": round((time.perf_counter() - t0) * 1000, 3)})
         return batch_failures(failed)
 
 # %% ../../nbs/runtime/15_stream.ipynb #6c98ecfa
-def _bad(self:StreamProcessor, rid:str, data:bytes, reason:str) -> list:
-    "Report a bad record for retry, or dead-letter it once it has failed `max_attempts` times."
+def _dead(self:StreamProcessor, rid:str, data, reason:str) -> list:
+    "Dead-letter record `rid` once, with `reason`; `[rid]` (report it) only when that failed."
     try:
-        n = self.store.attempt(rid, reason)
-        if n < self.max_attempts: return [rid]
-        self.dead_letter.send(rid, "kinesis", f"{reason} (failed {n} deliveries)", base64.b64encode(data).decode())
-        self.log({"event": "stream_dead_letter", "record_id": rid, "reason": reason, "attempts": n})
+        if not self.store.dead_lettered(rid):
+            payload = getattr(data, "raw", "") if isinstance(data, RecordError) else base64.b64encode(data).decode()
+            self.dead_letter.send(rid, "kinesis", reason, payload)
+            self.store.mark_dead_lettered(rid, reason)
+            self.log({"event": "stream_dead_letter", "record_id": rid, "reason": reason})
         return []
-    except Exception as e:  # neither the store nor the dead-letter destination answered: keep it on the stream
+    except Exception as e:  # neither the store nor the dead letters answered: keep it on the stream
         self.log({"event": "stream_error", "record_id": rid, "error": f"{type(e).__name__}: {e}"})
         return [rid]
 
-StreamProcessor._bad = _bad
+StreamProcessor._dead = _dead
+
+# %% ../../nbs/runtime/15_stream.ipynb #72ffc13b
+def _store_failed(self:StreamProcessor, rids:list, raw:dict, reason:str, stats:dict) -> list:
+    "The record ids of `rids` to report again; those that failed `max_attempts` deliveries are dead-lettered."
+    report = []
+    for rid in rids:
+        try: n = self.store.attempt(rid, reason)
+        except Exception: report.append(rid); continue  # the store cannot even count: Lambda's own retries decide
+        if n < self.max_attempts: report.append(rid); stats["failed_writes"] += 1
+        else: report += self._dead(rid, raw[rid], f"{reason} (failed {n} deliveries)"); stats["dead_lettered"] += 1
+    return report
+
+StreamProcessor._store_failed = _store_failed
 
 # %% ../../nbs/runtime/15_stream.ipynb #6f517a40
-def _decode(self:StreamProcessor, records:list, stats:dict) -> tuple:
-    "`(entity -> table -> key -> event, entity -> record ids, bad record ids to report)` of a batch."
+def _decode(self:StreamProcessor, records:list, stats:dict, latest_us:int|None=None) -> tuple:
+    "`(entity -> table -> key -> event, entity -> record ids, record ids to report)` of a batch; bad records are dead-lettered."
     by_entity, ids, failed = defaultdict(lambda: defaultdict(dict)), defaultdict(list), []
     for rid, data in records:
-        try: table, ev = decode_record(data)
+        try:
+            if isinstance(data, RecordError): raise data
+            table, ev = decode_record(data, latest_us)
         except RecordError as e:
-            failed += self._bad(rid, data, str(e)); stats["bad"] += 1; continue
+            failed += self._dead(rid, data, str(e)); stats["bad"] += 1; continue
         by_entity[ev["user_id"]][table][ev[TABLES[table].key]] = ev
         ids[ev["user_id"]].append(rid)
         stats["good"] += 1
@@ -159,10 +185,13 @@ StreamProcessor._recompute = _recompute
 # %% ../../nbs/runtime/15_stream.ipynb #0305a29f
 def open_stream_processor(online_store:str, # sqlite:///path.db or dynamodb://table
                           dead_letter:str,  # sqlite:///path.db or sqs://queue-name
-                          region:str="", endpoint_url:str="", max_attempts:int=3) -> StreamProcessor:
+                          region:str="", endpoint_url:str="", max_attempts:int=3,
+                          max_clock_skew_s:float=300 # how far ahead of this clock an event's time may be
+                         ) -> StreamProcessor:
     "A `StreamProcessor` writing to the online store at `online_store`, dead-lettering to `dead_letter`."
     from nutrino_ml.runtime.online import open_dead_letter, open_store
-    return StreamProcessor(open_store(online_store, region, endpoint_url), open_dead_letter(dead_letter, region, endpoint_url), max_attempts=max_attempts)
+    return StreamProcessor(open_store(online_store, region, endpoint_url), open_dead_letter(dead_letter, region, endpoint_url),
+                           max_attempts=max_attempts, max_clock_skew_s=max_clock_skew_s)
 
 # %% ../../nbs/runtime/15_stream.ipynb #d267fc0e
 def kinesis_event(records:list, stream_arn:str="arn:aws:kinesis:eu-west-1:000000000000:stream/nutrino-events") -> dict:
@@ -174,6 +203,19 @@ def kinesis_event(records:list, stream_arn:str="arn:aws:kinesis:eu-west-1:000000
                          "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::000000000000:role/nutrino",
                          "awsRegion": region, "eventSourceARN": stream_arn} for seq, data, pk in records]}
 
+def _payload(text):
+    "A record's data decoded from base64, or the `RecordError` (with the text as `raw`) saying it is not base64."
+    try: return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError) as e:
+        err = RecordError(f"record data is not base64 ({e})"); err.raw = text if isinstance(text, str) else repr(text)
+        return err
+
 def event_records(event:dict) -> list:
-    "`[(sequence number, data bytes), ...]` of a Lambda Kinesis event."
-    return [(r["kinesis"]["sequenceNumber"], base64.b64decode(r["kinesis"]["data"])) for r in event["Records"]]
+    "`[(sequence number, data bytes or the RecordError of data that is not base64), ...]` of a Lambda Kinesis event."
+    return [(r["kinesis"]["sequenceNumber"], _payload(r["kinesis"]["data"])) for r in event["Records"]]
+
+def _process_event(self:StreamProcessor, event:dict) -> dict:
+    "Process a Lambda Kinesis event (the raw dict); returns Lambda's partial batch response."
+    return self.process(event_records(event))
+
+StreamProcessor.process_event = _process_event

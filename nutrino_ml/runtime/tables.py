@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 # %% auto #0
-__all__ = ['TABLES', 'Column', 'TableSpec', 'RecordError', 'parse_ts', 'check_record']
+__all__ = ['TABLES', 'MIN_EPOCH_MS', 'Column', 'TableSpec', 'RecordError', 'parse_ts', 'check_record']
 
 # %% ../../nbs/runtime/04_tables.ipynb #a6d9abc7
 @dataclass(frozen=True)
@@ -50,11 +50,14 @@ class RecordError(ValueError):
 # %% ../../nbs/runtime/04_tables.ipynb #bd279b51
 _US = datetime.resolution  # one microsecond
 
+MIN_EPOCH_MS = 10**11  # 1973-03-03 in epoch milliseconds; a smaller number is a time in seconds (or nothing plausible)
+
 def parse_ts(v) -> int:
     "Microseconds since the epoch (UTC) of an ISO 8601 time with an offset, or of epoch milliseconds."
     if isinstance(v, bool): raise TypeError("a boolean")
     if isinstance(v, (int, float)):
         if not math.isfinite(v): raise ValueError(f"{v!r}")
+        if abs(v) < MIN_EPOCH_MS: raise ValueError(f"{v!r} looks like epoch seconds, not milliseconds (it would be before 1973); send epoch milliseconds or ISO 8601 with an offset")
         return int(round(v * 1000))
     d = datetime.fromisoformat(v)
     if d.tzinfo is None: raise ValueError(f"{v!r} has no UTC offset (end it with Z or +00:00)")
