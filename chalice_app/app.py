@@ -32,7 +32,7 @@ def open_online_store():
     return open_store(SETTINGS.online_store, REGION, SETTINGS.aws_endpoint_url)
 
 
-models = ServedModels(Path(__file__).parent / "chalicelib" / "models", store=open_online_store)
+models = ServedModels(Path(__file__).parent / "chalicelib" / "models", store=open_online_store, require_index=True)
 fast_predict = FastPredict(models)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
-from .runtime.bundles import seal_bundle
+from .runtime.bundles import read_index, seal_bundle, write_index
 from .registry import resolve_policy
 from .bundle import feature_set_ref
 
@@ -73,6 +73,7 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
     try:
         manifests = [_export_one(client, n, v, a, stage/n/str(v), tracking_uri) for n, v, a in versions]
         for n, p in policies.items(): (stage/n/"policy.json").write_text(json.dumps(p, indent=1))
+        write_index(stage)  # last: it seals the manifests just written
         old = bundle_dir.with_name(bundle_dir.name + ".old")
         if bundle_dir.exists(): bundle_dir.rename(old)
         stage.rename(bundle_dir)

@@ -93,6 +93,35 @@ def test_missing_bundle_file_is_unavailable_and_the_others_keep_serving(built, t
         assert post(c, "/models/glucose-response/predict", {"rows": example(c, "glucose-response")}).status_code == 200
 
 
+@pytest.mark.parametrize("case", ["model_file outside its folder", "model_file unsealed, no sha256", "manifest deleted",
+                                  "manifest names another version", "manifest edited"])
+def test_a_bundle_that_lies_is_unavailable_says_why_and_the_others_keep_serving(built, tmp_path, case):
+    app_dir = tmp_path / "app"
+    shutil.copytree(built["app"], app_dir)
+    models = app_dir / "chalicelib" / "models"
+    shutil.copytree(models / "glucose-forecast" / "1", tmp_path / "elsewhere")
+    f = models / "glucose-forecast" / "1" / "manifest.json"
+    m = json.loads(f.read_text())
+    if case == "model_file outside its folder": f.write_text(json.dumps({**m, "model_file": "../../../../elsewhere/state.json"}))
+    elif case == "model_file unsealed, no sha256": f.write_text(json.dumps({**m, "sha256": {}}))
+    elif case == "manifest deleted": f.unlink()
+    elif case == "manifest names another version":
+        shutil.copytree(models / "glucose-forecast" / "1", models / "glucose-forecast" / "7")  # a folder holding version 1's manifest
+    elif case == "manifest edited": f.write_text(json.dumps({**m, "aliases": ["production", "canary"]}))
+    row = {"rows": [{"user_id": "u1", "glucose_mgdl": 100}]}
+    with Client(load_app(app_dir)) as c:
+        ready = c.http.get("/v2/health/ready")
+        assert ready.status_code == 503 and ready.json_body["problems"], (case, ready.json_body)
+        if case != "manifest names another version":
+            for path in ("/models/glucose-forecast/predict", "/models/glucose-forecast/versions/1/predict"):
+                message = error(post(c, path, row), 503)
+                assert "version 1 is unavailable" in message and "re-run `nutrino-ml export`" in message, (case, path, message)
+        else:
+            assert "names 'glucose-forecast' version 1" in json.dumps(ready.json_body["problems"]), case
+            assert post(c, "/models/glucose-forecast/versions/7/predict", row).status_code == 404, case
+        assert post(c, "/models/glucose-response/predict", {"rows": example(c, "glucose-response")}).status_code == 200, case
+
+
 def test_over_real_http_with_chalice_local(built, client):
     with ChaliceLocal(built["app"]) as srv:
         for name in MODELS:

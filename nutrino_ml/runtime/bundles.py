@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import ModelUnavailable
 
 # %% auto #0
-__all__ = ['MANIFEST', 'sha256_file', 'seal_bundle', 'verify_bundle', 'read_manifests']
+__all__ = ['MANIFEST', 'INDEX', 'sha256_file', 'seal_bundle', 'verify_bundle', 'write_index', 'read_index', 'read_manifests']
 
 # %% ../../nbs/runtime/08_bundles.ipynb #19e070e8
 MANIFEST = "manifest.json"
@@ -36,20 +36,55 @@ def seal_bundle(bundle_dir:Path, # folder holding one model version's files
 
 def verify_bundle(bundle_dir:Path, manifest:dict):
     "Raise `ModelUnavailable` unless the files in `bundle_dir` are exactly those sealed in `manifest`."
-    found, sealed = _bundle_files(Path(bundle_dir)), manifest.get("sha256", {})
+    found, sealed = _bundle_files(Path(bundle_dir)), manifest.get("sha256")
     where = f"{manifest.get('name')} version {manifest.get('version')}"
+    if not isinstance(sealed, dict) or not sealed: raise ModelUnavailable(f"{where} is unavailable: its manifest seals no files; re-run `nutrino-ml export`")
+    if manifest.get("model_file") not in sealed:  # so every file serving opens is one of the sealed files, inside the folder
+        raise ModelUnavailable(f"{where} is unavailable: its model_file {manifest.get('model_file')!r} is not one of its sealed files; re-run `nutrino-ml export`")
     for f in sorted(set(sealed) | set(found)):
         if f not in found: raise ModelUnavailable(f"{where} is unavailable: bundle file '{f}' is missing; re-run `nutrino-ml export`")
         if f not in sealed: raise ModelUnavailable(f"{where} is unavailable: bundle file '{f}' is not in its manifest; re-run `nutrino-ml export`")
         if found[f] != sealed[f]: raise ModelUnavailable(f"{where} is unavailable: bundle file '{f}' fails its sha256 check; re-run `nutrino-ml export`")
 
+# %% ../../nbs/runtime/08_bundles.ipynb #8ad362b4
+INDEX = "index.json"
+
+def write_index(root:Path) -> dict:
+    "Write `<root>/index.json`: every exported version with its manifest's sha256 and aliases; returns it."
+    models = {}
+    for f in sorted(Path(root).glob(f"*/*/{MANIFEST}")):
+        try: aliases = json.loads(f.read_text()).get("aliases", [])
+        except (ValueError, AttributeError): continue  # not a manifest: nothing to seal, and serving reports it
+        models.setdefault(f.parent.parent.name, {})[f.parent.name] = {"manifest_sha256": sha256_file(f), "aliases": aliases}
+    index = {"models": models}
+    (Path(root)/INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    return index
+
+def read_index(root:Path) -> dict|None:
+    "The export's index, or None when `root` has none."
+    f = Path(root)/INDEX
+    return json.loads(f.read_text()) if f.is_file() else None
+
 # %% ../../nbs/runtime/08_bundles.ipynb #55bd0eaa
-def read_manifests(root:Path) -> tuple:
-    "`({name: {version: manifest}}, {folder: problem})` of the bundles exported under `root`."
+def _manifest_problem(f:Path, m, index:dict|None) -> str|None:
+    "What is wrong with manifest file `f` (parsed: `m`) of an export sealed by `index`, or None."
+    name, version = f.parent.parent.name, f.parent.name
+    if not isinstance(m, dict) or m.get("name") != name or str(m.get("version")) != version:
+        return f"the manifest in {name}/{version} names {m.get('name') if isinstance(m, dict) else m!r} version {m.get('version') if isinstance(m, dict) else ''}"
+    if index is None: return None
+    sealed = index.get("models", {}).get(name, {}).get(version)
+    if sealed is None: return f"{name} version {version} is not in the export's {INDEX}"
+    if sealed.get("manifest_sha256") != sha256_file(f): return f"the manifest of {name} version {version} was changed after export (fails its sha256 in {INDEX})"
+    return None
+
+def read_manifests(root:Path, index:dict|None=None) -> tuple:
+    "`({name: {version: manifest}}, {folder: problem})` of the bundles exported under `root`, each checked against `index`."
     manifests, broken = {}, {}
     for f in sorted(Path(root).glob(f"*/*/{MANIFEST}")):
-        try:
-            m = json.loads(f.read_text())
-            manifests.setdefault(m["name"], {})[int(m["version"])] = m
-        except (ValueError, KeyError, TypeError) as e: broken[f.parent.relative_to(root).as_posix()] = f"unreadable manifest ({e})"
+        folder = f.parent.relative_to(root).as_posix()
+        try: m = json.loads(f.read_text())
+        except ValueError as e: broken[folder] = f"unreadable manifest ({e})"; continue
+        problem = _manifest_problem(f, m, index)
+        if problem: broken[folder] = problem
+        else: manifests.setdefault(m["name"], {})[int(m["version"])] = m
     return manifests, broken

@@ -10,7 +10,7 @@ from .errors import EntityNotFound, InputError, ModelNotFound, ModelUnavailable
 from .jsonio import print_json_line
 from .schema import is_text, validate_rows
 from .predictors import FORMATS
-from .bundles import read_manifests, verify_bundle
+from .bundles import INDEX, read_index, read_manifests, verify_bundle
 from .routing import bucket, choose, entity_of, load_policy
 from .prediction_log import log_prediction, ms_since, prediction_record
 
@@ -20,40 +20,70 @@ __all__ = ['ServedModels']
 # %% ../../nbs/runtime/12_serving.ipynb #03079b7d
 class ServedModels:
     "The model versions exported under `root`, loaded on first use, routed by each model's traffic policy."
-    def __init__(self, root:Path, log=print_json_line, store=None):
+    def __init__(self, root:Path, log=print_json_line, store=None,
+                 require_index:bool=False # serve only versions sealed by the export's index.json (the app does)
+                ):
         self.root, self.log, self._loaded, self._policies = Path(root), log, {}, {}
         self._store = store  # an online feature store (`nutrino_ml.runtime.online`), or a function that opens it on first use
-        self.manifests, self.broken = read_manifests(self.root)
+        index = read_index(self.root)
+        if index is None and require_index: index = {"models": {}, "missing": True}
+        self.manifests, self.broken = read_manifests(self.root, index)
+        if index and index.get("missing"): self.broken = {k: f"{v} (there is no {INDEX}: re-run `nutrino-ml export`)" for k, v in self.broken.items()}
+        self.unavailable = _unavailable(index, self.manifests, self.broken)
         self._names = {n: {**{a: m for v, m in sorted(vs.items()) for a in m.get("aliases", [])}, **{str(v): m for v, m in vs.items()}, **vs}
                        for n, vs in self.manifests.items()}
 
-    def describe(self) -> list:
+    def describe(self) -> list:  # noqa: E301
         "What is served: name, version, aliases, format, inputs, metrics and an input example per version."
         keys = ("name", "version", "aliases", "format", "flavor", "inputs", "output", "metrics", "input_example", "run_id", "feature_set")
         return [{k: m.get(k) for k in keys} for n in sorted(self.manifests) for v, m in sorted(self.manifests[n].items())]
+
+# %% ../../nbs/runtime/12_serving.ipynb #809d16ea
+def _unavailable(index:dict|None, manifests:dict, broken:dict) -> dict:
+    "`{name: {version: (aliases, problem)}}` of the versions `index` seals that are not among `manifests`."
+    out = {}
+    for name, versions in (index or {}).get("models", {}).items():
+        for v, sealed in versions.items():
+            if int(v) not in manifests.get(name, {}):
+                out.setdefault(name, {})[int(v)] = (sealed.get("aliases", []), broken.get(f"{name}/{v}", "its manifest is missing"))
+    return out
 
 # %% ../../nbs/runtime/12_serving.ipynb #cdfa5b0b
 def _versions_text(versions:dict) -> str:
     al = {a: v for v, m in versions.items() for a in m.get("aliases", [])}
     return f"served versions: {sorted(versions)}, aliases: {al or 'none'}"
 
+def _unavailable_error(self:ServedModels, name:str, version) -> ModelUnavailable|None:
+    "The error of a request for `name` at `version` (None: production) that reaches a version that cannot be served, or None."
+    want = "production" if version in (None, "") else str(version).strip()
+    for v, (aliases, problem) in sorted(self.unavailable.get(name, {}).items()):
+        if want == str(v) or want in aliases:
+            return ModelUnavailable(f"{name} version {v} is unavailable: {problem}; re-run `nutrino-ml export`")
+    return None
+
 def _versions(self:ServedModels, name:str) -> list:
     "Manifests of every served version of `name`, oldest first."
-    if name not in self.manifests: raise ModelNotFound(f"no model '{name}' is served; served models: {sorted(self.manifests)}")
+    if name not in self.manifests:
+        if name in self.unavailable: raise ModelUnavailable(f"{name}: no version can be served: {sorted(p for _, p in self.unavailable[name].values())}; re-run `nutrino-ml export`")
+        raise ModelNotFound(f"no model '{name}' is served; served models: {sorted(self.manifests)}")
     return [m for v, m in sorted(self.manifests[name].items())]
 
 def _resolve(self:ServedModels, name:str, version:str|int|None=None) -> dict:
     "The manifest of `name` at `version` (a number or an alias; 'production' by default)."
     names = self._names.get(name)
-    if names is None: self.versions(name)  # raises ModelNotFound naming the served models
+    if names is None:  # nothing of `name` can be served: say why for the version asked for, else which models are served
+        want = "production" if version is None else str(version).strip()
+        if (e := self.unavailable_error(name, str(int(want)) if want.isascii() and want.isdigit() else want)) is not None: raise e
+        self.versions(name)
     m = names.get("production" if version is None else version)
     if m is not None: return m
-    want = str(version).strip()
+    want = "production" if version is None else str(version).strip()
     m = names.get(str(int(want)) if want.isascii() and want.isdigit() else want)
     if m is not None: return m
+    if (e := self.unavailable_error(name, str(int(want)) if want.isascii() and want.isdigit() else want)) is not None: raise e
     raise ModelNotFound(f"model '{name}' has no version or alias '{want}'; {_versions_text(self.manifests[name])}")
 
-ServedModels.versions, ServedModels.resolve = _versions, _resolve
+ServedModels.unavailable_error, ServedModels.versions, ServedModels.resolve = _unavailable_error, _versions, _resolve
 
 # %% ../../nbs/runtime/12_serving.ipynb #6d8e989d
 def _default(self:ServedModels, name:str) -> dict:
@@ -189,6 +219,8 @@ def _would_serve(self:ServedModels, name:str, version=None) -> list:
 def _ready(self:ServedModels, name:str|None=None, version=None) -> dict:
     "`{'model@version': problem or None}` after loading what would serve `name` (or every model) unpinned, or `version`."
     out = {} if name else {f"{d} (manifest)": problem for d, problem in self.broken.items()}
+    for n, vs in self.unavailable.items():
+        if name in (None, n): out.update({f"{n}@{v}": problem for v, (_, problem) in vs.items() if version in (None, "", v, str(v))})
     for n in ([name] if name else sorted(self.manifests)):
         try: ms = self.would_serve(n, version)
         except ModelUnavailable as e: out[n] = str(e); continue
