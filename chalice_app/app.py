@@ -14,6 +14,7 @@ are comes from the settings (NUTRINO_* variables, set per stage in .chalice/conf
 import functools, os
 from pathlib import Path
 
+from nutrino_ml import __version__
 from nutrino_ml.config import disable_telemetry, load_settings
 
 disable_telemetry()  # nothing phones home, whatever imports later
@@ -104,6 +105,11 @@ def invocations_version(name, version):
 
 
 # --- Open Inference Protocol v2 (KServe, Triton, MLServer clients) -------------------------------------
+@app.route("/v2")
+def v2_server():
+    return _reply(protocols.oip_server(__version__))
+
+
 @app.route("/v2/health/live")
 def v2_live():
     return {"live": True}
@@ -137,13 +143,13 @@ def v2_model_version_ready(name, version):
 @app.route("/v2/models/{name}/infer", methods=["POST"], **AUTH)
 def v2_infer(name):
     body, pin, rid = _request()
-    return _reply(protocols.oip_infer(models, name, body, pin, rid))
+    return _reply(protocols.oip_infer(models, name, body, pin, rid, app.current_request.headers.get("inference-header-content-length")))
 
 
 @app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"], **AUTH)
 def v2_infer_version(name, version):
     body, _, rid = _request()
-    return _reply(protocols.oip_infer(models, name, body, version, rid))
+    return _reply(protocols.oip_infer(models, name, body, version, rid, app.current_request.headers.get("inference-header-content-length")))
 
 
 # --- the Kinesis-triggered feature extraction --------------------------------------------------------

@@ -13,7 +13,7 @@ from helpers import MODELS
 from nutrino_ml.local import ChaliceLocal
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2500"))
-ROUTES = ["/ping", "/models", "/models/{name}/predict", "/models/{name}/versions/{version}/predict",
+ROUTES = ["/ping", "/models", "/v2", "/models/{name}/predict", "/models/{name}/versions/{version}/predict",
           "/models/{name}/invocations", "/models/{name}/versions/{version}/invocations",
           "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
           "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",

@@ -4,17 +4,18 @@
 
 # %% ../../nbs/runtime/13_protocols.ipynb #ec9deb0f
 from __future__ import annotations
-import csv, io, json
+import csv, io, json, math
 from typing import NamedTuple
+import numpy as np
 from .errors import InputError, PayloadTooLarge, SERVING_ERRORS, http_status
 from .jsonio import encode_json, json_loads
 from .prediction_log import predictions_json
 
 # %% auto #0
 __all__ = ['MAX_BODY_BYTES', 'ROWS_SHAPE', 'MLFLOW_KEYS', 'ERROR_CODES', 'check_size', 'decode_json', 'native_rows',
-           'request_fields', 'answer_json', 'mlflow_rows', 'csv_rows', 'oip_rows', 'oip_response', 'oip_metadata',
-           'error_body', 'Reply', 'answered', 'native_answer', 'native_predict', 'mlflow_invocations', 'oip_infer',
-           'oip_model', 'oip_model_ready', 'oip_server_ready']
+           'request_fields', 'answer_json', 'mlflow_rows', 'csv_rows', 'binary_inputs', 'oip_request', 'oip_rows',
+           'oip_response', 'oip_metadata', 'error_body', 'Reply', 'answered', 'native_answer', 'native_predict',
+           'mlflow_invocations', 'oip_infer', 'oip_server', 'oip_model', 'oip_model_ready', 'oip_server_ready']
 
 # %% ../../nbs/runtime/13_protocols.ipynb #660a3628
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Lambda takes 6 MB synchronously; leave room for the envelope
@@ -146,16 +147,69 @@ def _tensor_column(t, i:int, fields:dict) -> tuple:
     if (want == "BYTES") != (dt == "BYTES") or (dt != "BYTES" and dt not in _NUMERIC):
         raise InputError(f"inputs[{i}] '{name}': datatype {dt} given, expected {'BYTES' if want == 'BYTES' else 'FP64 (or another numeric type)'}", name)
     if data is None: raise InputError(f"inputs[{i}] '{name}': data must be a list", name)
+    shape = t["shape"]
+    if not (isinstance(shape, list) and len(shape) in (1, 2) and all(type(d) is int and d >= 0 for d in shape) and shape[1:] in ([], [1])):
+        raise InputError(f"inputs[{i}] '{name}': shape {shape!r:.40} is not [n] or [n, 1] (a tabular input is one column)", name)
+    if shape[0] != len(data): raise InputError(f"inputs[{i}] '{name}': shape {shape} says {shape[0]} values, data holds {len(data)}", name)
     return name, data
 
 # %% ../../nbs/runtime/13_protocols.ipynb #b2c2b8de
+_NP = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1",
+       "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1", "BOOL": "?"}
+
+def _bytes_elements(raw:bytes, i:int) -> list:
+    "The elements of a binary `BYTES` tensor: each a 4-byte little-endian length and UTF-8 text."
+    out, pos = [], 0
+    while pos < len(raw):
+        n = int.from_bytes(raw[pos:pos + 4], "little") if pos + 4 <= len(raw) else -1
+        if n < 0 or pos + 4 + n > len(raw): raise InputError(f"inputs[{i}]: BYTES data is cut off at byte {pos}")
+        try: out.append(raw[pos + 4:pos + 4 + n].decode("utf-8"))
+        except UnicodeDecodeError: raise InputError(f"inputs[{i}]: BYTES element at byte {pos} is not UTF-8 text") from None
+        pos += 4 + n
+    return out
+
+def _binary_data(raw:bytes, dt:str, i:int) -> list:
+    "The elements of input `i`'s binary data of datatype `dt`."
+    if dt == "BYTES": return _bytes_elements(raw, i)
+    if dt not in _NP: raise InputError(f"inputs[{i}]: binary data of datatype {dt!r}; use one of {sorted(_NP) + ['BYTES']}")
+    if len(raw) % np.dtype(_NP[dt]).itemsize: raise InputError(f"inputs[{i}]: {len(raw)} bytes is not a whole number of {dt} values")
+    return np.frombuffer(raw, _NP[dt]).tolist()
+
+# %% ../../nbs/runtime/13_protocols.ipynb #c11c93d0
+def binary_inputs(req:dict, blob:bytes) -> dict:
+    "`req` with each input's binary data (`parameters.binary_data_size` bytes, in input order) read from `blob` into `data`."
+    pos = 0
+    for i, t in enumerate(req.get("inputs") if isinstance(req.get("inputs"), list) else []):
+        size = (t.get("parameters") or {}).get("binary_data_size") if isinstance(t, dict) and isinstance(t.get("parameters"), dict) else None
+        if size is None: continue
+        if type(size) is not int or not 0 <= size <= len(blob) - pos:
+            raise InputError(f"inputs[{i}]: binary_data_size {size!r:.20} does not fit the {len(blob) - pos} bytes left after the JSON header")
+        t["data"], pos = _binary_data(blob[pos:pos + size], str(t.get("datatype")).upper(), i), pos + size
+    if pos != len(blob): raise InputError(f"{len(blob) - pos} bytes after the JSON header belong to no input (binary_data_size)")
+    return req
+
+def oip_request(body, header_length=None) -> dict:
+    "The JSON of a v2 infer request; with `header_length` (the `Inference-Header-Content-Length` header), binary tensor data read into it."
+    if header_length in (None, ""): return decode_json(body, _OIP_SHAPE)
+    text = str(header_length).strip()
+    raw = body if isinstance(body, bytes) else (body or "").encode("utf-8", "surrogatepass")
+    if not (text.isascii() and text.isdigit()) or int(text) > len(raw):
+        raise InputError(f"Inference-Header-Content-Length {header_length!r:.20} is not a byte count within the {len(raw)}-byte body")
+    req = decode_json(raw[:int(text)], _OIP_SHAPE)
+    if not isinstance(req, dict): raise InputError(_OIP_SHAPE)
+    return binary_inputs(req, raw[int(text):])
+
+# %% ../../nbs/runtime/13_protocols.ipynb #8c9a7fd8
 def oip_rows(body, inputs:list) -> list:
     "JSON rows of an Open Inference Protocol v2 infer request, for a version with input schema `inputs`."
     body = decode_json(body, _OIP_SHAPE)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise InputError('expected {"inputs": [{"name": ..., "shape": [n], "datatype": "FP64", "data": [...]}, ...]}')
-    fields = {f["name"]: f for f in inputs}
-    cols = dict(_tensor_column(t, i, fields) for i, t in enumerate(body["inputs"]))
+    fields, cols = {f["name"]: f for f in inputs}, {}
+    for i, t in enumerate(body["inputs"]):
+        name, data = _tensor_column(t, i, fields)
+        if name in cols: raise InputError(f"inputs[{i}]: a second tensor named '{name}'; send each input once", name)
+        cols[name] = data
     return _columns_to_rows(cols)
 
 def oip_response(answer:dict, output:str, request_id:str|None=None) -> dict:
@@ -223,15 +277,30 @@ def mlflow_invocations(models, name:str, body, content_type:str, version=None, r
     return answered("mlflow", call)
 
 # %% ../../nbs/runtime/13_protocols.ipynb #cbd684f2
-def oip_infer(models, name:str, body, version=None, request_id:str|None=None) -> Reply:
+def oip_infer(models, name:str, body, version=None, request_id:str|None=None,
+              header_length=None # the Inference-Header-Content-Length header: the JSON part of a binary request
+             ) -> Reply:
     "`POST /v2/models/{name}[/versions/{version}]/infer`."
     def call():
         check_size(body)
-        req = decode_json(body, _OIP_SHAPE)
+        req = oip_request(body, header_length)
         rid = str(req["id"]) if isinstance(req, dict) and req.get("id") else request_id
-        answer = models.serve(name, oip_rows(req, models.schema(name, version)), version, rid)
+        rows = oip_rows(req, models.schema(name, version))
+        _check_outputs(req, models.manifest_for(name, version)["output"])
+        answer = models.serve(name, rows, version, rid)
         return _versioned(answer, oip_response(answer, models.resolve(name, answer["version"])["output"], rid))
     return answered("oip", call)
+
+def _check_outputs(req:dict, output:str):
+    "A request may ask for the model's one output only."
+    asked = req.get("outputs")
+    if asked is None: return
+    if not isinstance(asked, list) or not all(isinstance(o, dict) and o.get("name") == output for o in asked):
+        raise InputError(f"outputs: this model has one output, '{output}'; ask for it or leave 'outputs' out")
+
+def oip_server(version:str) -> Reply:
+    "`GET /v2`: server metadata (the name, the version, the protocol extensions it speaks)."
+    return Reply(200, {"name": "nutrino_ml", "version": version, "extensions": ["binary_tensor_data"]})
 
 def oip_model(models, name:str, version=None) -> Reply:
     "`GET /v2/models/{name}[/versions/{version}]`: model metadata."
