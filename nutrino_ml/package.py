@@ -4,13 +4,13 @@
 
 # %% ../nbs/08a_package.ipynb #9946a6ef
 from __future__ import annotations
-import importlib.util, json, os, py_compile, shutil, subprocess, sys, tempfile, zipfile
+import importlib.util, json, os, py_compile, re, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 from .config import TELEMETRY_OFF, find_settings_file, load_settings
 
 # %% auto #0
 __all__ = ['LIMITS', 'COLD_PATH', 'PackageError', 'zip_sizes', 'check_limits', 'lambda_handlers', 'cold_path_modules',
-           'add_bytecode', 'stream_merge_template', 'package_app']
+           'add_bytecode', 'stream_merge_template', 'pin_arns', 'package_app']
 
 # %% ../nbs/08a_package.ipynb #73af0681
 class PackageError(RuntimeError):
@@ -173,6 +173,20 @@ def _chalice_package(src:Path, out:Path, stage:str, env:dict) -> str:
     return log
 
 # %% ../nbs/08a_package.ipynb #aa74b8bd
+_ANY_ACCOUNT = re.compile(r"^arn:\*:([a-z0-9-]+):\*:\*:(.+)$")
+
+def pin_arns(sam_path:Path) -> int:
+    "Rewrite each IAM role's `arn:*:SERVICE:*:*:RESOURCE` as the deploying partition, region and account (`Fn::Sub`); returns how many."
+    sam, n = json.loads(Path(sam_path).read_text()), 0
+    for r in sam.get("Resources", {}).values():
+        for pol in r.get("Properties", {}).get("Policies", []) if r.get("Type") == "AWS::IAM::Role" else []:
+            for stmt in pol.get("PolicyDocument", {}).get("Statement", []):
+                m = _ANY_ACCOUNT.match(stmt.get("Resource") if isinstance(stmt.get("Resource"), str) else "")
+                if m: stmt["Resource"], n = {"Fn::Sub": f"arn:${{AWS::Partition}}:{m[1]}:${{AWS::Region}}:${{AWS::AccountId}}:{m[2]}"}, n + 1
+    Path(sam_path).write_text(json.dumps(sam, indent=2))
+    return n
+
+# %% ../nbs/08a_package.ipynb #a0033d78
 def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chalicelib/, vendor/)
                 out:Path,            # where deployment.zip and sam.json go
                 stage:str="dev",     # a stage of .chalice/config.json
@@ -184,6 +198,7 @@ def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chali
     with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
         log = _chalice_package(_app_copy(app_dir, Path(td)/"app"), out, stage, _chalice_env(app_dir, region))
     _missing_dependencies(log)
+    pin_arns(out/"sam.json")  # the policies name the deploying account and region, not any
     zip_path = out/"deployment.zip"
     pyc = add_bytecode(zip_path, handlers=lambda_handlers(out/"sam.json")) if bytecode else None
     return {"zip": str(zip_path), "sam": str(out/"sam.json"), **check_limits(zip_path), "bytecode": pyc, "log": log}

@@ -124,18 +124,29 @@ def test_prod_requires_an_api_key_on_model_routes_and_dev_does_not(package):
     assert secured(package["out"])[0] == set()
 
 
-def test_iam_policy_is_explicit_and_lists_only_what_the_app_uses(package):
-    for st, out in (("dev", package["out"]), ("prod", package["prod"])):
-        role = resources(out, "AWS::IAM::Role")[0]
-        doc = role["Policies"][0]["PolicyDocument"]
-        assert doc == json.loads((ROOT / "chalice_app" / ".chalice" / f"policy-{st}.json").read_text()), st
-        actions = {a for stmt in doc["Statement"] for a in stmt["Action"]}
-        assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-                           "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchWriteItem",
-                           "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards",
-                           "sqs:GetQueueUrl", "sqs:SendMessage"}, st
-        for stmt in doc["Statement"]:
-            assert "*" not in stmt["Action"] and stmt["Resource"] != "*", (st, stmt)
+LOGS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+LEAST = {  # what each function may do, and nothing more
+    "app.app": LOGS | {"dynamodb:GetItem"},  # serving reads each user's latest feature row
+    "app.features_from_stream": LOGS | {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+                                        "dynamodb:BatchWriteItem", "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
+                                        "kinesis:GetShardIterator", "kinesis:ListShards", "sqs:GetQueueUrl", "sqs:SendMessage"},
+}
+
+
+def test_each_function_gets_least_privilege_on_the_deploying_account_and_region(package):
+    for st, out, sfx in (("dev", package["out"], "-dev"), ("prod", package["prod"], "")):
+        sam = json.loads((out / "sam.json").read_text())["Resources"]
+        for fn in (r for r in sam.values() if r["Type"] == "AWS::Serverless::Function"):
+            handler, role = fn["Properties"]["Handler"], fn["Properties"]["Role"]["Fn::GetAtt"][0]
+            doc = sam[role]["Properties"]["Policies"][0]["PolicyDocument"]
+            actions = {a for stmt in doc["Statement"] for a in stmt["Action"]}
+            assert actions == LEAST[handler], (st, handler, sorted(actions ^ LEAST[handler]))
+            for stmt in doc["Statement"]:
+                res = stmt["Resource"]["Fn::Sub"]
+                assert res.startswith("arn:${AWS::Partition}:") and ":${AWS::Region}:${AWS::AccountId}:" in res, (st, handler, res)
+                assert "*" not in stmt["Action"] and not res.endswith(":*"), (st, handler, stmt)
+            tables = [s["Resource"]["Fn::Sub"] for s in doc["Statement"] if s["Action"][0].startswith("dynamodb:")]
+            assert tables == [f"arn:${{AWS::Partition}}:dynamodb:${{AWS::Region}}:${{AWS::AccountId}}:table/nutrino-features{sfx}"], (st, handler, tables)
 
 
 def test_generated_sam_templates_pass_cfn_lint(package):
