@@ -20,7 +20,7 @@ from nutrino_ml.config import disable_telemetry, load_settings
 disable_telemetry()  # nothing phones home, whatever imports later
 
 from chalice import Chalice, IAMAuthorizer, Response  # noqa: E402
-from nutrino_ml.runtime import protocols  # noqa: E402
+from nutrino_ml.runtime import oip, protocols  # noqa: E402
 from nutrino_ml.runtime.apigw import FastPredict  # noqa: E402
 from nutrino_ml.runtime.serving import ServedModels  # noqa: E402
 
@@ -107,7 +107,7 @@ def invocations_version(name, version):
 # --- Open Inference Protocol v2 (KServe, Triton, MLServer clients) -------------------------------------
 @app.route("/v2")
 def v2_server():
-    return _reply(protocols.oip_server(__version__))
+    return _reply(oip.oip_server(__version__))
 
 
 @app.route("/v2/health/live")
@@ -117,39 +117,39 @@ def v2_live():
 
 @app.route("/v2/health/ready")
 def v2_ready():
-    return _reply(protocols.oip_server_ready(models))
+    return _reply(oip.oip_server_ready(models))
 
 
 @app.route("/v2/models/{name}", **AUTH)
 def v2_model(name):
-    return _reply(protocols.oip_model(models, name))
+    return _reply(oip.oip_model(models, name))
 
 
 @app.route("/v2/models/{name}/versions/{version}", **AUTH)
 def v2_model_version(name, version):
-    return _reply(protocols.oip_model(models, name, version))
+    return _reply(oip.oip_model(models, name, version))
 
 
 @app.route("/v2/models/{name}/ready", **AUTH)
 def v2_model_ready(name):
-    return _reply(protocols.oip_model_ready(models, name))
+    return _reply(oip.oip_model_ready(models, name))
 
 
 @app.route("/v2/models/{name}/versions/{version}/ready", **AUTH)
 def v2_model_version_ready(name, version):
-    return _reply(protocols.oip_model_ready(models, name, version))
+    return _reply(oip.oip_model_ready(models, name, version))
 
 
 @app.route("/v2/models/{name}/infer", methods=["POST"], **AUTH)
 def v2_infer(name):
     body, pin, rid = _request()
-    return _reply(protocols.oip_infer(models, name, body, pin, rid, app.current_request.headers.get("inference-header-content-length")))
+    return _reply(oip.oip_infer(models, name, body, pin, rid, app.current_request.headers.get("inference-header-content-length")))
 
 
 @app.route("/v2/models/{name}/versions/{version}/infer", methods=["POST"], **AUTH)
 def v2_infer_version(name, version):
     body, _, rid = _request()
-    return _reply(protocols.oip_infer(models, name, body, version, rid, app.current_request.headers.get("inference-header-content-length")))
+    return _reply(oip.oip_infer(models, name, body, version, rid, app.current_request.headers.get("inference-header-content-length")))
 
 
 # --- the Kinesis-triggered feature extraction --------------------------------------------------------

@@ -9,8 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 # %% auto #0
-__all__ = ['OnlineStore', 'SQLiteStore', 'aws_client', 'DynamoStore', 'SQLiteDeadLetter', 'SQSDeadLetter', 'open_store',
-           'open_dead_letter']
+__all__ = ['OnlineStore', 'SQLiteStore', 'aws_client', 'DynamoStore', 'sqlite_path', 'open_store']
 
 # %% ../../nbs/runtime/11_online.ipynb #56103fd4
 class OnlineStore:
@@ -264,64 +263,14 @@ def _dynamo_mark_dead_lettered(self:DynamoStore, record_id, reason):
 
 DynamoStore.attempt, DynamoStore.dead_lettered, DynamoStore.mark_dead_lettered = _dynamo_attempt, _dynamo_dead_lettered, _dynamo_mark_dead_lettered
 
-# %% ../../nbs/runtime/11_online.ipynb #1f099533
-class SQLiteDeadLetter:
-    "Dead letters in a table of an SQLite file."
-    def __init__(self, path:str|Path):
-        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(self.path, timeout=30) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS dead_letters (record_id TEXT PRIMARY KEY, at REAL, source TEXT, reason TEXT, data TEXT)")
-    def send(self, record_id:str, source:str, reason:str, data:str):
-        with sqlite3.connect(self.path, timeout=30) as db:
-            db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?)", (record_id, time.time(), source, reason, data))
-
-# %% ../../nbs/runtime/11_online.ipynb #807f336d
-def _dead_list(self:SQLiteDeadLetter) -> list:
-    "Every dead letter, oldest first; they stay where they are."
-    with sqlite3.connect(self.path, timeout=30) as db:
-        return [dict(zip(("record_id", "at", "source", "reason", "data"), r)) for r in db.execute("SELECT * FROM dead_letters ORDER BY at")]
-
-def _dead_drain(self:SQLiteDeadLetter) -> list:
-    "Every dead letter, oldest first, removed as it is read (as `SQSDeadLetter.drain` does)."
-    with sqlite3.connect(self.path, timeout=30) as db:
-        out = [dict(zip(("record_id", "at", "source", "reason", "data"), r)) for r in db.execute("SELECT * FROM dead_letters ORDER BY at")]
-        db.executemany("DELETE FROM dead_letters WHERE record_id=?", [(d["record_id"],) for d in out])
-    return out
-
-SQLiteDeadLetter.list, SQLiteDeadLetter.drain = _dead_list, _dead_drain
-
-# %% ../../nbs/runtime/11_online.ipynb #4bcd5d41
-class SQSDeadLetter:
-    "Dead letters as messages on an SQS queue."
-    def __init__(self, queue:str, region:str="", endpoint_url:str="", create:bool=False, client=None):
-        self.sqs = client or aws_client("sqs", region, endpoint_url)
-        self.url = (self.sqs.create_queue(QueueName=queue) if create else self.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
-    def send(self, record_id, source, reason, data):
-        self.sqs.send_message(QueueUrl=self.url, MessageBody=_dumps({"record_id": record_id, "source": source, "reason": reason, "data": data}))
-    def drain(self) -> list:
-        "Every message on the queue, deleted as it is received: SQS cannot list a queue without taking from it."
-        out = []
-        while True:
-            ms = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0).get("Messages", [])
-            if not ms: return out
-            for m in ms:
-                out.append(json.loads(m["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
-
-# %% ../../nbs/runtime/11_online.ipynb #6e57aa2a
-def _sqlite_path(url:str) -> str:
+# %% ../../nbs/runtime/11_online.ipynb #e2a0556e
+def sqlite_path(url:str) -> str:
+    "The file of a `sqlite:///path.db` (or `sqlite://path.db`) URL."
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
 
 def open_store(url:str, region:str="", endpoint_url:str="", create:bool=False) -> OnlineStore:
     "The online store at `url`: `sqlite:///path.db` or `dynamodb://table`."
     u = urlparse(url)
-    if u.scheme == "sqlite": return SQLiteStore(_sqlite_path(url))
+    if u.scheme == "sqlite": return SQLiteStore(sqlite_path(url))
     if u.scheme == "dynamodb": return DynamoStore(u.netloc, region, endpoint_url, create=create)
     raise ValueError(f"online_store {url!r}: use sqlite:///path.db or dynamodb://table")
-
-def open_dead_letter(url:str, region:str="", endpoint_url:str="", create:bool=False):
-    "The dead-letter destination at `url`: `sqlite:///path.db` or `sqs://queue-name`."
-    u = urlparse(url)
-    if u.scheme == "sqlite": return SQLiteDeadLetter(_sqlite_path(url))
-    if u.scheme == "sqs": return SQSDeadLetter(u.netloc, region, endpoint_url, create=create)
-    raise ValueError(f"dead_letter {url!r}: use sqlite:///path.db or sqs://queue-name")

@@ -26,9 +26,9 @@ class ServedModels:
         self.root, self.log, self._loaded, self._policies = Path(root), log, {}, {}
         self._store = store  # an online feature store (`nutrino_ml.runtime.online`), or a function that opens it on first use
         index = read_index(self.root)
-        if index is None and require_index: index = {"models": {}, "missing": True}
-        self.manifests, self.broken = read_manifests(self.root, index)
-        if index and index.get("missing"): self.broken = {k: f"{v} (there is no {INDEX}: re-run `nutrino-ml export`)" for k, v in self.broken.items()}
+        no_index = index is None and require_index  # then nothing is sealed, so nothing is served
+        self.manifests, self.broken = read_manifests(self.root, {"models": {}} if no_index else index)
+        if no_index: self.broken = {k: f"{v} (there is no {INDEX}: re-run `nutrino-ml export`)" for k, v in self.broken.items()}
         self.unavailable = _unavailable(index, self.manifests, self.broken)
         self._names = {n: {**{a: m for v, m in sorted(vs.items()) for a in m.get("aliases", [])}, **{str(v): m for v, m in vs.items()}, **vs}
                        for n, vs in self.manifests.items()}

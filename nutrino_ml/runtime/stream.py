@@ -189,7 +189,8 @@ def open_stream_processor(online_store:str, # sqlite:///path.db or dynamodb://ta
                           max_clock_skew_s:float=300 # how far ahead of this clock an event's time may be
                          ) -> StreamProcessor:
     "A `StreamProcessor` writing to the online store at `online_store`, dead-lettering to `dead_letter`."
-    from nutrino_ml.runtime.online import open_dead_letter, open_store
+    from nutrino_ml.runtime.dead_letters import open_dead_letter
+    from nutrino_ml.runtime.online import open_store
     return StreamProcessor(open_store(online_store, region, endpoint_url), open_dead_letter(dead_letter, region, endpoint_url),
                            max_attempts=max_attempts, max_clock_skew_s=max_clock_skew_s)
 
