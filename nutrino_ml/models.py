@@ -179,6 +179,18 @@ def describe_model(model, name:str) -> pd.DataFrame:
                          "value": [s["phi"], s["beta"], s["global_baseline"], *s["baseline"]]})
 
 # %% ../nbs/05_models.ipynb #3f4fc101
-def _load_pyfunc(path:str) -> GlucoseForecaster:
-    "MLflow's loader hook for the forecaster: `path` is its logged JSON state."
-    return GlucoseForecaster.from_state(json.loads(Path(path).read_text()))
+class _OptionalInputs:
+    "`model` as MLflow's pyfunc calls it: the columns a frame leaves out (the signature's optional inputs) come in as NaN."
+    def __init__(self, model, columns): self.model, self.columns = model, list(columns)
+    def predict(self, X, params=None):
+        if isinstance(X, pd.DataFrame): X = X.reindex(columns=self.columns)  # in model order; absent ones NaN
+        return self.model.predict(X)
+
+def _load_pyfunc(path:str) -> _OptionalInputs:
+    "MLflow's loader hook: `path` is the forecaster's logged JSON state, or the folder of a logged scikit-learn model."
+    path = Path(path)
+    if path.is_dir():
+        from mlflow.models import Model
+        model = load_model(path/Model.load(path).flavors["sklearn"]["pickled_model"])
+        return _OptionalInputs(model, model.feature_names_in_)
+    return _OptionalInputs(GlucoseForecaster.from_state(json.loads(path.read_text())), _FORECAST_INPUTS)

@@ -8,15 +8,17 @@ import json, re, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd
 import mlflow
-from mlflow.models import infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 from mlflow.exceptions import MlflowException
 import nutrino_ml
 from .models import model_spec, trusted_types
+from .bundle import input_schema
 
 # %% auto #0
-__all__ = ['POLICY_TAG', 'git_state', 'ensure_experiment', 'log_and_register', 'promote', 'list_models', 'rollback',
-           'parse_weights', 'set_policy', 'get_policy', 'resolve_policy']
+__all__ = ['POLICY_TAG', 'git_state', 'ensure_experiment', 'mlflow_signature', 'log_and_register', 'promote', 'list_models',
+           'rollback', 'parse_weights', 'set_policy', 'get_policy', 'resolve_policy']
 
 # %% ../nbs/07_registry.ipynb #86ee5233
 def git_state(path:Path|str=".") -> dict:
@@ -40,11 +42,28 @@ def _requirements(*pkgs) -> list:
     return [f"{p}=={version(p)}" for p in pkgs]
 
 # %% ../nbs/07_registry.ipynb #15b3edad
+def mlflow_signature(name:str, example:pd.DataFrame, predictions) -> ModelSignature:
+    "Model `name`'s MLflow signature: the bundle's input schema (nullable inputs optional), the output inferred from `predictions`."
+    inputs = Schema([ColSpec(f["type"], f["name"], required=not f["nullable"]) for f in input_schema(name)])
+    return ModelSignature(inputs, infer_signature(example, np.asarray(predictions, float)).outputs)
+
+# %% ../nbs/07_registry.ipynb #8e33b461
+class _SklearnFlavor:
+    "MLflow's `sklearn` flavor (skops), its `python_function` loaded by `nutrino_ml.models._load_pyfunc`."
+    @staticmethod
+    def save_model(sk_model, path, mlflow_model=None, **kwargs):
+        mlflow_model = mlflow_model or Model()
+        mlflow.sklearn.save_model(sk_model, path, mlflow_model=mlflow_model, skops_trusted_types=trusted_types(sk_model),
+                                  code_paths=[str(Path(nutrino_ml.__file__).parent)], **kwargs)
+        mlflow_model.flavors["python_function"]["loader_module"] = "nutrino_ml.models"
+        mlflow_model.save(str(Path(path)/"MLmodel"))
+
+# %% ../nbs/07_registry.ipynb #d50f0fca
 def _log_model(name:str, kind:str, model, bundle_dir:Path, signature, example:pd.DataFrame):
     common = dict(name="model", signature=signature, input_example=example, registered_model_name=name)
     if kind == "sklearn":
-        return mlflow.sklearn.log_model(model, serialization_format="skops", skops_trusted_types=trusted_types(model),
-            pip_requirements=_requirements("scikit-learn", "numpy", "scipy", "pandas", "skops"), **common)
+        return Model.log(artifact_path=None, flavor=_SklearnFlavor, flavor_name="sklearn", sk_model=model, serialization_format="skops",
+                         pip_requirements=_requirements("scikit-learn", "numpy", "scipy", "pandas", "skops"), **common)
     # our own model: MLflow loads it with nutrino_ml.models._load_pyfunc from its JSON state (no pickle); the
     # package travels with the model so it loads where nutrino_ml is not installed
     return mlflow.pyfunc.log_model(loader_module="nutrino_ml.models", data_path=str(Path(bundle_dir)/"state.json"),
@@ -91,7 +110,7 @@ def log_and_register(name:str,            # model name, registered under this na
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{name}") as run:
         mlflow.set_tags(_run_tags(name, git, tags))
         _log_run_contents(params, metrics, reports, lineage, bundle_dir)
-        info = _log_model(name, spec.kind, model, bundle_dir, infer_signature(example, np.asarray(model.predict(example), float)), example)
+        info = _log_model(name, spec.kind, model, bundle_dir, mlflow_signature(name, example, model.predict(example)), example)
     return {"name": name, "version": int(info.registered_model_version), "run_id": run.info.run_id}
 
 # %% ../nbs/07_registry.ipynb #3ac28531

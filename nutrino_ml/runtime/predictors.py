@@ -8,6 +8,7 @@ import json, threading
 from pathlib import Path
 import numpy as np
 from .kernels import ForecastKernel
+from .errors import InputError
 
 # %% auto #0
 __all__ = ['SMALL_BATCH', 'FORMATS', 'ForecasterPredictor', 'OnnxPredictor']
@@ -49,16 +50,23 @@ def _bind_one_row(self:OnnxPredictor):
 OnnxPredictor._bind_one_row = _bind_one_row
 
 # %% ../../nbs/runtime/07_predictors.ipynb #e47e2406
+def _float32_overflow(self:OnnxPredictor, X:np.ndarray, cols:dict):
+    "`InputError` naming the first value too large for float32 (it would reach the trees as infinity)."
+    i, j = np.argwhere(np.isinf(X))[0]
+    raise InputError(f"row {i}: field '{self.names[j]}' is {cols[self.names[j]][i]!r}, beyond what this model's float32 inputs hold (±3.4e38)", self.names[j])
+
 def _onnx_predict(self:OnnxPredictor, cols:dict) -> list:
     "One float per row of checked columns `cols`: the bound one-row path when it is free, else `session.run`."
     one = self.one_row
     if one is not None and len(cols[self.names[0]]) == 1 and one[0].acquire(blocking=False):
         try:
-            one[1][:] = [cols[n][0] for n in self.names]
+            with np.errstate(over="ignore"): one[1][:] = [cols[n][0] for n in self.names]
+            if np.isinf(one[1]).any(): _float32_overflow(self, one[1][None], cols)
             self.session.run_with_iobinding(one[2])
             return one[3].ravel().tolist()
         finally: one[0].release()
-    X = np.array([cols[n] for n in self.names], dtype=np.float32).T  # one conversion, straight to float32
+    with np.errstate(over="ignore"): X = np.array([cols[n] for n in self.names], dtype=np.float32).T  # one conversion, straight to float32
+    if np.isinf(X).any(): _float32_overflow(self, X, cols)
     return self.session.run(None, {self.input_name: X})[0].ravel().tolist()
 
 OnnxPredictor.predict = _onnx_predict

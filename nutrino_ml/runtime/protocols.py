@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runtime/13_protocols.ipynb #ec9deb0f
 from __future__ import annotations
-import csv, io, json
+import csv, io, json, re
 from typing import NamedTuple
 from .errors import InputError, PayloadTooLarge, SERVING_ERRORS, http_status
 from .jsonio import encode_json, json_loads
@@ -12,8 +12,8 @@ from .prediction_log import predictions_json
 
 # %% auto #0
 __all__ = ['MAX_BODY_BYTES', 'ROWS_SHAPE', 'MLFLOW_KEYS', 'ERROR_CODES', 'check_size', 'decode_json', 'native_rows',
-           'request_fields', 'answer_json', 'columns_to_rows', 'mlflow_rows', 'csv_rows', 'error_body', 'Reply',
-           'answered', 'versioned_reply', 'native_answer', 'native_predict', 'mlflow_invocations']
+           'request_fields', 'answer_json', 'columns_to_rows', 'mlflow_rows', 'csv_rows', 'mlflow_cast', 'error_body',
+           'Reply', 'answered', 'versioned_reply', 'native_answer', 'native_predict', 'mlflow_invocations']
 
 # %% ../../nbs/runtime/13_protocols.ipynb #660a3628
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Lambda takes 6 MB synchronously; leave room for the envelope
@@ -77,25 +77,26 @@ def columns_to_rows(cols:dict) -> list:
     if len(n) > 1: raise InputError(f"columnar input: fields have different lengths {sorted(n)}")
     return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
 
-def _positional(rows:list, names:list) -> list:
-    "Rows given as lists, in the order of the schema's fields."
-    bad = [i for i, r in enumerate(rows) if isinstance(r, list) and len(r) != len(names)]
-    if bad: raise InputError(f"row {bad[0]}: a positional row needs {len(names)} values, in the order {names}")
-    return [dict(zip(names, r)) if isinstance(r, list) else r for r in rows]
+def _named(rows:list, names:list, key:str) -> list:
+    "Rows that name their fields; a row given as a bare list of values is refused, as MLflow refuses it for a model with named inputs."
+    bad = [i for i, r in enumerate(rows) if isinstance(r, list)]
+    if bad: raise InputError(f"{key}: row {bad[0]} is a list of values; name the fields, e.g. one object per row with keys {names}")
+    return rows
 
 # %% ../../nbs/runtime/13_protocols.ipynb #b3e74f1b
 def _split(d, names:list) -> list:
     if not isinstance(d, dict) or "data" not in d: raise InputError('dataframe_split: expected {"columns": [...], "data": [[...], ...]}')
-    cols = d.get("columns") or names
-    if not isinstance(cols, list) or not all(type(c) is str for c in cols):
-        raise InputError(f"dataframe_split: 'columns' must be a list of column names (strings), got {cols!r:.60}")
+    cols = d.get("columns")
+    if not isinstance(cols, list) or not cols or not all(type(c) is str for c in cols):
+        raise InputError(f"dataframe_split: 'columns' must be a list of column names (strings) such as {names}, got {cols!r:.60}")
     if not isinstance(d["data"], list) or any(not isinstance(r, list) or len(r) != len(cols) for r in d["data"]):
         raise InputError(f"dataframe_split: every row of 'data' must be a list of {len(cols)} values (columns {cols})")
     return [dict(zip(cols, r)) for r in d["data"]]
 
 def _records_or_columns(v, names:list, key:str) -> list:
-    if isinstance(v, dict): return columns_to_rows(v)
-    if isinstance(v, list): return _positional(v, names)
+    if isinstance(v, dict):  # columns; or, as pandas reads an object of single values, one row
+        return [v] if not any(isinstance(x, list) for x in v.values()) else columns_to_rows(v)
+    if isinstance(v, list): return _named(v, names, key)
     raise InputError(f"{key}: expected a list of rows or an object of columns")
 
 # %% ../../nbs/runtime/13_protocols.ipynb #bfd9a5c9
@@ -113,13 +114,8 @@ def mlflow_rows(body, content_type:str, names:list) -> list:
     return _records_or_columns(body[k], names, k)
 
 # %% ../../nbs/runtime/13_protocols.ipynb #53c9c035
-def _cell(v:str):
-    if v == "": return None
-    try: return int(v) if v.lstrip("+-").isdigit() else float(v)
-    except ValueError: return v
-
 def csv_rows(body) -> list:
-    "JSON rows of a CSV body with a header row."
+    "JSON rows of a CSV body with a header row: cells as text, empty cells None."
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
     try: lines = list(csv.reader(io.StringIO(text.strip())))
     except csv.Error as e: raise InputError(f"CSV body is not valid CSV ({e}); quote fields that hold line breaks, and keep each under 128 KiB") from None
@@ -127,7 +123,22 @@ def csv_rows(body) -> list:
     header, data = lines[0], lines[1:]
     bad = [i for i, r in enumerate(data) if len(r) != len(header)]
     if bad: raise InputError(f"CSV row {bad[0]}: {len(data[bad[0]])} values for {len(header)} columns {header}")
-    return [{h: _cell(v) for h, v in zip(header, r)} for r in data]
+    return [{h: v if v != "" else None for h, v in zip(header, r)} for r in data]
+
+# %% ../../nbs/runtime/13_protocols.ipynb #aa5dce06
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+def mlflow_cast(rows:list, inputs:list) -> list:
+    "`rows` as MLflow reads them for schema `inputs`: unknown fields dropped, ASCII numeric text in number fields as numbers (`NaN` in optional ones as missing), integers in text fields as text."
+    if not isinstance(rows, list): return rows
+    kinds = {f["name"]: "optional" if f["type"] == "double" and f.get("nullable") else f["type"] for f in inputs}
+    def cast(k, v):
+        kind = kinds[k]
+        if kind == "string": return str(v) if type(v) is int else v
+        if type(v) is not str: return v
+        if _NUMBER.fullmatch(v): return float(v)
+        return None if kind == "optional" and v.strip().lower() == "nan" else v  # pandas' text for a missing number
+    return [{k: cast(k, v) for k, v in r.items() if k in kinds} if type(r) is dict else r for r in rows]
 
 # %% ../../nbs/runtime/13_protocols.ipynb #4bd7af05
 ERROR_CODES = {400: ("BadRequestError", "BAD_REQUEST"), 404: ("NotFoundError", "RESOURCE_DOES_NOT_EXIST"),
@@ -174,7 +185,8 @@ def mlflow_invocations(models, name:str, body, content_type:str, version=None, r
     "`POST /models/{name}[/versions/{version}]/invocations`: MLflow's scoring protocol."
     def call():
         check_size(body)
-        rows = mlflow_rows(body, content_type, [f["name"] for f in models.schema(name, version)])
+        inputs = models.schema(name, version)
+        rows = mlflow_cast(mlflow_rows(body, content_type, [f["name"] for f in inputs]), inputs)
         answer = models.serve(name, rows, version, request_id)
         return versioned_reply(answer, {"predictions": answer["predictions"]})
     return answered("mlflow", call)
