@@ -46,7 +46,9 @@ demo: $(STAMP)
 	$(BIN)/nutrino-ml models promote glucose-forecast latest
 	$(BIN)/nutrino-ml models list
 	$(BIN)/nutrino-ml export
+	$(BIN)/nutrino-ml features materialize
 	$(BIN)/nutrino-ml stream replay --last 400
+	$(BIN)/nutrino-ml features check-skew --sample 5
 	$(BIN)/nutrino-ml smoke --online u003
 
 # nbs/ is the source of truth: fail when nbdev-clean or nbdev-export would change nbs/ or nutrino_ml/.

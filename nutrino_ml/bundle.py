@@ -8,6 +8,7 @@ import json, math, shutil
 from pathlib import Path
 import numpy as np, pandas as pd
 from .models import model_spec
+from .runtime.features import feature_fingerprint
 from .runtime.predictors import FORMATS
 from .runtime.schema import validate_rows
 
@@ -41,17 +42,17 @@ def _write_state(model, X:pd.DataFrame, path:Path):
 _WRITERS = {"sklearn": ("onnx", "model.onnx", _write_onnx), "forecaster": ("forecaster-json", "state.json", _write_state)}
 
 # %% ../nbs/06_bundle.ipynb #6a5364e3
-def feature_set_ref(name:str) -> dict:
-    "What serving needs to fill model `name`'s inputs from the online store: its feature set, entity key and the fields clients send."
+def feature_set_ref(name:str, fingerprint:str|None=None) -> dict:
+    "What serving needs to fill model `name`'s inputs from the online store: its feature set, entity key, the fields clients send, its definition."
     fs = model_spec(name).fset
-    return {"name": fs.name, "key": fs.key, "request": list(fs.request)}
+    return {"name": fs.name, "key": fs.key, "request": list(fs.request), "fingerprint": fingerprint or feature_fingerprint(fs)}
 
 # %% ../nbs/06_bundle.ipynb #889dbacf
-def _bundle_meta(name:str, fmt:str, fname:str, X:pd.DataFrame, n_example:int) -> dict:
+def _bundle_meta(name:str, fmt:str, fname:str, X:pd.DataFrame, n_example:int, fingerprint:str|None=None) -> dict:
     "The `bundle.json` of model `name` before its parity is proven."
     return {"name": name, "format": fmt, "model_file": fname, "inputs": input_schema(name), "output": model_spec(name).fset.target,
             "input_example": json_rows(X.dropna().head(n_example) if len(X.dropna()) else X.head(n_example)),
-            "feature_set": feature_set_ref(name)}
+            "feature_set": feature_set_ref(name, fingerprint)}
 
 # %% ../nbs/06_bundle.ipynb #d300e77f
 def _parity_diff(model, predictor, X:pd.DataFrame, inputs:list, n_one_row:int) -> float:
@@ -85,7 +86,7 @@ def build_bundle(model,              # a fitted model of kind sklearn or forecas
     if X.empty: raise ValueError(f"build_bundle('{name}'): no rows to prove the bundle on")
     fmt, fname, write = _WRITERS[spec.kind]
     write(model, X, out/fname)
-    meta = _bundle_meta(name, fmt, fname, X, n_example)
+    meta = _bundle_meta(name, fmt, fname, X, n_example, rows.attrs.get("feature_fingerprint"))
     diff = _parity_diff(model, FORMATS[fmt](out, meta), X, meta["inputs"], n_one_row)
     if not diff <= tolerance:
         raise BundleParityError(f"{name}: the {fmt} bundle differs from the trained model by up to {diff:.3g} (> {tolerance}) on {len(X)} rows; not registering it")

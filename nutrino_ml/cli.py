@@ -67,7 +67,7 @@ def _lake(s):
 def _cmd_simulate(s, a):
     "Write a synthetic lake of `a.users` users over `a.days` days from `a.start` into the settings' lake."
     from nutrino_ml.simulate import simulate_lake, write_simulated_lake
-    n = write_simulated_lake(_lake(s), simulate_lake(a.users, a.days, a.seed, a.start), a.start)
+    n = write_simulated_lake(_lake(s), simulate_lake(a.users, a.days, a.seed, a.start, a.cadence, a.carbs_only), a.start)
     print(f"wrote a synthetic lake to {s.datalake_root}: " + ", ".join(f"{k} {v} rows" for k, v in n.items()))
 
 def _cmd_validate(s, a):
@@ -86,6 +86,10 @@ def _add_datalake(sub):
     sim.add_argument("--days", type=int, default=14, help="days of meals and readings (default %(default)s)")
     sim.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same lake (default %(default)s)")
     sim.add_argument("--start", default="2026-01-01", help="the first day, YYYY-MM-DD in UTC (default %(default)s)")
+    sim.add_argument("--cadence", type=float, default=5, metavar="MIN",
+                     help="minutes between glucose readings, e.g. 1, 3, 5 or 15 (default %(default)g)")
+    sim.add_argument("--carbs-only", action="store_true",
+                     help="log meals with their carbohydrates only: fibre, fat and protein missing (glucose still responds to the whole meal)")
     _command(lake, "validate", _cmd_validate, "read and check every partition of every table")
 
 # %% ../nbs/09_cli.ipynb #46da00dc
@@ -270,6 +274,59 @@ def _add_stream(sub):
     rp.add_argument("--batch-size", type=int, default=100, help="records per delivery, as the Kinesis trigger's batch size (default %(default)s)")
 
 # %% ../nbs/09_cli.ipynb #249bdd8f
+def _lake_frames(s) -> dict:
+    "The lake's raw tables, read under the settings' time rules."
+    from nutrino_ml.datalake import TimeRules
+    return _lake(s).read_lake(["users", "meals", "glucose"], TimeRules.from_settings(s))
+
+def _online_store(s):
+    from nutrino_ml.runtime.online import open_store
+    return open_store(s.online_store, s.region, s.aws_endpoint_url)
+
+def _materialized_lines(r:dict, store:str) -> str:
+    "What `features materialize` prints for `materialize`'s summary `r`."
+    head = (f"materialized {r['entities']} entities into {store} in {r['seconds']:.1f} s "
+            f"({r['refused']} lake events refused, {r['batch_writes']} batch writes)")
+    return "\n".join([head, *(f"  {n}: {f['rows']} rows, {f['latest']} latest rows, definition {f['fingerprint']}" for n, f in r["feature_sets"].items())])
+
+# %% ../nbs/09_cli.ipynb #2e79a6e5
+def _cmd_features_materialize(s, a):
+    "Write into the settings' online store what the stream would hold for the lake's entities, under the current definitions."
+    from nutrino_ml.materialize import materialize
+    line = lambda p: print(f"materialize: {p['done']}/{p['total']} entities, {p['rows']} rows, {p['batch_writes']} batch writes", flush=True)
+    r = materialize(_online_store(s), _lake_frames(s), a.feature_set or None, a.since, a.batch_size, progress=line)
+    print(_materialized_lines(r, s.online_store))
+
+def _skew_lines(r:dict) -> str:
+    "What `features check-skew` prints for `check_skew`'s report `r`."
+    import pandas as pd
+    head = [f"check-skew: {r['entities']} entities of the online store against the lake ({r['not_online']} sampled lake entities not online), "
+            f"tolerance {r['tolerance']:g}"]
+    fps = [f"  {n}: definition {f['definition']}, online rows of definitions {f['online']}" for n, f in r["fingerprints"].items()]
+    return "\n".join(head + fps + [pd.DataFrame(r["columns"]).to_string(index=False)])
+
+def _cmd_features_check_skew(s, a):
+    "Compare a sample of the online store's latest rows with the lake's; ValueError naming the columns past the tolerance."
+    from nutrino_ml.materialize import check_skew
+    r = check_skew(_online_store(s), _lake_frames(s), None, a.sample, a.tolerance, a.seed)
+    print(_skew_lines(r))
+    if r["failing"]: raise ValueError(f"check-skew: {', '.join(r['failing'])} differ from the lake past tolerance {a.tolerance:g}; "
+                                      "refresh the online store with `nutrino-ml features materialize`")
+
+# %% ../nbs/09_cli.ipynb #79a58f4c
+def _add_materialize(fe):
+    ma = _command(fe, "materialize", _cmd_features_materialize, "fill or refresh the online store from the lake with the current feature definitions")
+    ma.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="only entities with meals or readings on or after this day (UTC)")
+    ma.add_argument("--feature-set", action="append", default=[], help="only this feature set (repeatable)")
+    ma.add_argument("--batch-size", type=int, default=100, metavar="N", help="entities per batch and per flush of writes (default %(default)s)")
+
+def _add_check_skew(fe):
+    cs = _command(fe, "check-skew", _cmd_features_check_skew, "compare a sample of the online store's latest rows with the lake's, per column")
+    cs.add_argument("--sample", type=int, default=100, metavar="N", help="entities of the online store to compare (default %(default)s)")
+    cs.add_argument("--tolerance", type=float, default=1e-6, metavar="X", help="largest absolute difference allowed (default %(default)g)")
+    cs.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample (default %(default)s)")
+
+# %% ../nbs/09_cli.ipynb #0983bbb5
 def _cmd_features_build(s, a):
     "Build the offline feature tables (all, or `a.feature_set`) with engine `a.engine`."
     from nutrino_ml.offline import build_feature_tables
@@ -278,10 +335,11 @@ def _cmd_features_build(s, a):
 
 @command_group
 def _add_features(sub):
-    fe = _group(sub, "features", "offline feature tables in the lake")
+    fe = _group(sub, "features", "feature tables: offline in the lake, online in the store")
     fb = _command(fe, "build", _cmd_features_build, "compute the feature sets over the whole lake into features_<set>/dt=.../")
     fb.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
     fb.add_argument("--feature-set", action="append", default=[], help="only this feature set (repeatable)")
+    for add in (_add_materialize, _add_check_skew): add(fe)
 
 # %% ../nbs/09_cli.ipynb #55f7e6a8
 def _cmd_score(s, a):

@@ -43,6 +43,8 @@ class Settings:
     dead_letter: str               # where stream records that keep failing go: sqlite:///... or sqs://queue-name
     stream_max_attempts: int       # deliveries of a failing record before it goes to dead_letter
     stream_max_clock_skew_s: float # how far (seconds) after the Lambda's clock an event's time may be; later is refused
+    lake_max_lateness_days: float  # how long before its partition's day an event may have happened (late arrivals)
+    lake_max_clock_skew_s: float   # how far (seconds) after a build's start a lake event's time may be; later fails the build
     spark_master: str              # local[*], yarn, spark://host:7077, ...
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
@@ -58,6 +60,7 @@ EMBEDDED_DEFAULTS = dict(
     mlflow_artifact_location="data/mlflow/artifacts", experiment_name="nutrino",
     bundle_dir="chalice_app/chalicelib/models", app_dir="chalice_app", stream_name="nutrino-events",
     online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3", stream_max_clock_skew_s="300",
+    lake_max_lateness_days="7", lake_max_clock_skew_s="300",
     spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="")
 
 # %% ../nbs/00_config.ipynb #4e74f7dc
@@ -82,6 +85,8 @@ def seconds(value:str # the text of a setting, e.g. '300' or '2.5'
 TYPED_KEYS = {  # key -> (converter raising ValueError, what it accepts)
     "stream_max_attempts": (whole_number, "a whole number >= 1"),
     "stream_max_clock_skew_s": (seconds, "a number of seconds >= 0"),
+    "lake_max_lateness_days": (seconds, "a number of days >= 0"),
+    "lake_max_clock_skew_s": (seconds, "a number of seconds >= 0"),
 }
 
 # %% ../nbs/00_config.ipynb #35591945

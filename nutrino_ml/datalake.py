@@ -4,6 +4,7 @@
 
 # %% ../nbs/01_datalake.ipynb #53c2f3ab
 from __future__ import annotations
+import re, warnings
 from dataclasses import dataclass
 from urllib.parse import urlparse
 import numpy as np, pandas as pd
@@ -12,7 +13,8 @@ from pyarrow import fs as pafs
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['lake_filesystem', 'DatalakeError', 'validate_frame', 'Lake']
+__all__ = ['lake_filesystem', 'DatalakeError', 'DatalakeWarning', 'validate_frame', 'check_schema', 'TimeRules', 'check_times',
+           'Lake', 'unknown_users', 'tell_unknown_users']
 
 # %% ../nbs/01_datalake.ipynb #41b66b38
 from .runtime.tables import Column, TableSpec, TABLES
@@ -36,6 +38,15 @@ def lake_filesystem(root:str,            # a folder, or s3://bucket/prefix
 # %% ../nbs/01_datalake.ipynb #42679d4f
 class DatalakeError(ValueError):
     "A lake partition that does not meet its table's spec."
+
+# %% ../nbs/01_datalake.ipynb #1930d216
+class DatalakeWarning(UserWarning):
+    "Something in the lake that training can go on with: said once, refused in strict mode."
+
+def _tell(message:str, strict:bool):
+    "Warn with `message`, or raise it as a `DatalakeError` in strict mode."
+    if strict: raise DatalakeError(f"{message} (strict mode refuses it; turn strict_columns off to go on with a warning)")
+    warnings.warn(message, DatalakeWarning, stacklevel=3)
 
 # %% ../nbs/01_datalake.ipynb #35fad321
 _KIND_OK = {"string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s),
@@ -75,6 +86,71 @@ def validate_frame(df:pd.DataFrame, # rows of one partition
     if len(dup): raise DatalakeError(f"{where}: column '{spec.key}' has {len(dup)} duplicate values, e.g. {_show(dup.iloc[0])}")
     return pd.DataFrame({c.name: _cast(df[c.name], c.kind) for c in spec.columns})
 
+# %% ../nbs/01_datalake.ipynb #46b4cb5e
+def _is_text(t) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (pa.types.is_dictionary(t) and _is_text(t.value_type))
+
+_ARROW_OK = {"string": _is_text, "int": pa.types.is_integer,
+             "float": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "timestamp": pa.types.is_timestamp}
+
+def check_schema(schema:pa.Schema, # a data file's schema
+                 spec:TableSpec,   # the table it belongs to
+                 where:str         # how to name the file in an error
+                ) -> list:
+    "The columns of `schema` that `spec` does not have; `DatalakeError` for a missing column, a wrong type, a naive time."
+    missing = [c for c in spec.names if c not in schema.names]
+    if missing: raise DatalakeError(f"{where}: missing columns {missing}; table '{spec.name}' needs {spec.names}")
+    for c in spec.columns:
+        t = schema.field(c.name).type
+        if pa.types.is_null(t): continue  # a file whose column is all null: the value checks decide
+        if not _ARROW_OK[c.kind](t): raise DatalakeError(f"{where}: column '{c.name}' has type {t}, expected {c.kind}")
+        if c.kind == "timestamp" and t.tz is None:
+            raise DatalakeError(f"{where}: column '{c.name}' has times without a time zone ({t}); write UTC instants "
+                                "(pandas: .dt.tz_localize('UTC'); Spark: TIMESTAMP, not TIMESTAMP_NTZ)")
+    return [n for n in schema.names if n not in spec.names]
+
+# %% ../nbs/01_datalake.ipynb #43eaa478
+@dataclass(frozen=True)
+class TimeRules:
+    "When the events of a partition may have happened: within its UTC day or up to `lateness_days` before it, and not after `now` + `skew_s`."
+    lateness_days: float = 7.0
+    skew_s: float = 300.0
+    now: pd.Timestamp|None = None  # the build's start (UTC); None: the time of each check
+
+    @classmethod
+    def from_settings(cls, settings, now=None) -> TimeRules:
+        "The rules of `settings` (`lake_max_lateness_days`, `lake_max_clock_skew_s`), judged at `now` (default: this moment)."
+        return cls(settings.lake_max_lateness_days, settings.lake_max_clock_skew_s, _utc(now or pd.Timestamp.now("UTC")))
+
+def _utc(t) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+# %% ../nbs/01_datalake.ipynb #7fd55c53
+def _times_problem(ts:pd.Series, dt:str, rules:TimeRules) -> str|None:
+    start = pd.Timestamp(dt, tz="UTC")
+    end, now = start + pd.Timedelta(days=1), _utc(rules.now if rules.now is not None else pd.Timestamp.now("UTC"))
+    latest, earliest = now + pd.Timedelta(seconds=rules.skew_s), start - pd.Timedelta(days=rules.lateness_days)
+    if (ts > latest).any():
+        return f"{int((ts > latest).sum())} times in the future (after the build's start {now:%Y-%m-%dT%H:%M:%SZ} + {rules.skew_s:g} s, lake_max_clock_skew_s), e.g. {ts.max()}"
+    if (ts >= end).any():
+        return (f"{int((ts >= end).sum())} times after its partition's day ends ({end:%Y-%m-%dT%H:%MZ}), e.g. {ts[ts >= end].min()}; an event lands "
+                "in the partition of the day it arrived, so it cannot be later than that day (a time zone applied twice? a shifted clock?)")
+    if (ts < earliest).any():
+        return (f"{int((ts < earliest).sum())} times more than {rules.lateness_days:g} days before its partition's day (before {earliest:%Y-%m-%d}), "
+                f"e.g. {ts.min()}; if events really arrive that late, raise lake_max_lateness_days")
+    return None
+
+def check_times(df:pd.DataFrame, # rows of one partition
+                spec:TableSpec,  # its table
+                dt:str,          # the partition's day, YYYY-MM-DD
+                rules:TimeRules, where:str):
+    "Raise `DatalakeError` naming the column and a time that breaks `rules` for partition `dt`."
+    for c in spec.columns:
+        if c.kind != "timestamp": continue
+        problem = _times_problem(pd.to_datetime(df[c.name], utc=True).dropna(), dt, rules)
+        if problem: raise DatalakeError(f"{where}: column '{c.name}' has {problem}")
+
 # %% ../nbs/01_datalake.ipynb #8535350f
 _DT = "%Y-%m-%d"
 
@@ -104,26 +180,85 @@ def partitions(self:Lake, table:str) -> list:
     "The `dt` values of `table`'s partitions, oldest first."
     info = self.fs.get_file_info(pafs.FileSelector(self.table_path(table), allow_not_found=True))
     names = sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
-    bad = [n for n in names if not n.startswith("dt=")]
-    if bad: raise DatalakeError(f"{self.table_path(table)}: folders {bad} are not dt=YYYY-MM-DD partitions")
+    bad = [n for n in names if not _is_day(n.removeprefix("dt=")) or not n.startswith("dt=")]
+    if bad: raise DatalakeError(f"{self.table_path(table)}: folders {bad} are not dt=YYYY-MM-DD partitions (a partition is named by the UTC day its events arrived)")
     return [n[3:] for n in names]
+
+def _is_day(text:str) -> bool:
+    "Is `text` a real calendar day written YYYY-MM-DD?"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, re.ASCII): return False
+    try: pd.Timestamp(text)
+    except ValueError: return False
+    return True
 
 # %% ../nbs/01_datalake.ipynb #87ab04c9
 @patch
-def read_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None) -> pd.DataFrame:
-    "Rows of one partition, validated against `spec` (the table's entry in `TABLES` by default)."
+def partition_files(self:Lake, table:str, dt:str) -> list:
+    "Paths of the data files of partition `dt` of `table`, sorted (names starting with '_' or '.' are not data)."
     where = f"{table}/dt={dt}"
-    try: df = pq.read_table(self.partition_path(table, dt), filesystem=self.fs, partitioning=None).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e: raise DatalakeError(f"{where}: unreadable parquet ({e})") from e
-    return validate_frame(df, spec or TABLES[table], where)
+    info = self.fs.get_file_info(pafs.FileSelector(self.partition_path(table, dt), allow_not_found=True))
+    dirs = [i.base_name for i in info if i.type == pafs.FileType.Directory]
+    if dirs: raise DatalakeError(f"{where}: holds folders {sorted(dirs)}; a partition holds parquet files only")
+    return sorted(i.path for i in info if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")))
+
+@patch
+def file_schemas(self:Lake, table:str, dt:str) -> list:
+    "`(path, arrow schema)` of each data file of partition `dt` that has rows; `DatalakeError` for an unreadable file."
+    out = []
+    for path in self.partition_files(table, dt):
+        try: meta = pq.read_metadata(path, filesystem=self.fs)
+        except (pa.ArrowInvalid, OSError) as e: raise DatalakeError(f"{table}/dt={dt}, file {path.rsplit('/', 1)[-1]}: unreadable parquet ({e})") from None
+        if meta.num_rows: out.append((path, meta.schema.to_arrow_schema()))  # a file without rows holds nothing (its types are guesses)
+    return out
+
+@patch
+def check_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None) -> list:
+    "The unknown columns of partition `dt`'s files; `DatalakeError` for no rows, an unreadable file, a missing or mistyped column."
+    spec, where, unknown = spec or TABLES[table], f"{table}/dt={dt}", []
+    files = self.file_schemas(table, dt)
+    if not files: raise DatalakeError(f"{where}: no rows; a partition holds the events that landed that day (delete the folder if none did)")
+    for path, schema in files:
+        unknown += [c for c in check_schema(schema, spec, f"{where}, file {path.rsplit('/', 1)[-1]}") if c not in unknown]
+    return unknown
+
+# %% ../nbs/01_datalake.ipynb #2b0f5358
+@patch
+def read_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None,
+                   times:TimeRules|None=None # the time rules to check, or None (tables whose times are not events)
+                  ) -> pd.DataFrame:
+    "Rows of one partition, validated against `spec` (the table's entry in `TABLES` by default)."
+    spec, where = spec or TABLES[table], f"{table}/dt={dt}"
+    self.check_partition(table, dt, spec)
+    frames = []
+    for path in self.partition_files(table, dt):
+        try: df = pq.read_table(path, filesystem=self.fs, partitioning=None).to_pandas()
+        except (pa.ArrowInvalid, OSError) as e: raise DatalakeError(f"{where}, file {path.rsplit('/', 1)[-1]}: unreadable parquet ({e})") from e
+        if len(df): frames.append(df.assign(**{c.name: pd.to_datetime(df[c.name], utc=True) for c in spec.columns if c.kind == "timestamp"}))
+    df = validate_frame(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], spec, where)
+    if times is not None: check_times(df, spec, dt, times, where)
+    return df
 
 # %% ../nbs/01_datalake.ipynb #916b8253
 @patch
-def read_table(self:Lake, table:str, spec:TableSpec|None=None) -> pd.DataFrame:
-    "All partitions of `table`, validated, with a `dt` column; an event in two partitions is an error."
-    dts = self.partitions(table)
+def check_table(self:Lake, table:str, spec:TableSpec|None=None, strict:bool=False) -> list:
+    "Check every file's footer of every partition of `table` (before any value is read); its partitions. Unknown columns: warned, or refused if `strict`."
+    dts, unknown = self.partitions(table), {}
     if not dts: raise DatalakeError(f"{self.table_path(table)}: no partitions; did the lake get written (nutrino-ml datalake simulate)?")
-    parts = [self.read_partition(table, dt, spec).assign(dt=dt) for dt in dts]
+    for dt in dts:
+        for c in self.check_partition(table, dt, spec): unknown.setdefault(c, []).append(dt)
+    for c, where in unknown.items():
+        _tell(f"{table}: column '{c}' is not in the table and is ignored ({len(where)} partitions, e.g. dt={where[0]}); "
+              f"table '{table}' has {(spec or TABLES[table]).names}", strict)
+    return dts
+
+@patch
+def read_table(self:Lake, table:str, spec:TableSpec|None=None,
+               times:TimeRules|None=None, # time rules for the events' times (None: not checked)
+               strict:bool=False          # refuse columns the table does not have (else one warning)
+              ) -> pd.DataFrame:
+    "All partitions of `table`, validated, with a `dt` column; an event in two partitions is an error."
+    dts = self.check_table(table, spec, strict)
+    parts = [self.read_partition(table, dt, spec, times).assign(dt=dt) for dt in dts]
     df = pd.concat(parts, ignore_index=True)
     key = (spec or TABLES[table]).key
     dup = df[df[key].duplicated(keep=False)]
@@ -131,3 +266,26 @@ def read_table(self:Lake, table:str, spec:TableSpec|None=None) -> pd.DataFrame:
         first = dup[dup[key] == dup[key].iloc[0]]
         raise DatalakeError(f"{table}: column '{key}' value {_show(first[key].iloc[0])} appears in partitions {sorted(first.dt.unique())}")
     return df
+
+# %% ../nbs/01_datalake.ipynb #de801746
+def unknown_users(frames:dict # table -> frame, with 'users'
+                 ) -> dict:
+    "`{table: (events, [user ids])}` of the rows of the other tables whose `user_id` the `users` frame does not list."
+    known, out = set(frames["users"]["user_id"]), {}
+    for t, df in frames.items():
+        if t == "users" or "user_id" not in df: continue
+        bad = df["user_id"][~df["user_id"].isin(known)]
+        if len(bad): out[t] = (len(bad), sorted(bad.unique()))
+    return out
+
+@patch
+def read_lake(self:Lake, tables:list, times:TimeRules|None=None, strict:bool=False) -> dict:
+    "`{table: frame}` of `tables`, each read with `read_table`; events of users `users` does not list are warned of, or refused if `strict`."
+    frames = {t: self.read_table(t, times=times, strict=strict) for t in tables}
+    if "users" in frames:
+        for t, (n, users) in unknown_users(frames).items(): tell_unknown_users(t, n, len(users), users[0], strict)
+    return frames
+
+def tell_unknown_users(table:str, events:int, users:int, first:str, strict:bool=False):
+    "Warn (or refuse, if `strict`) that `events` events of `table` belong to `users` users the users table lacks, `first` among them."
+    _tell(f"{table}: {events} events of {users} users the users table does not list (e.g. {first!r}); they train without a profile", strict)

@@ -9,7 +9,8 @@ from pathlib import Path
 from .fingerprints import lake_files, package_dir, sha256_text
 
 # %% auto #0
-__all__ = ['partition_digest', 'partition_manifest', 'library_lineage', 'training_lineage', 'lineage', 'format_lineage']
+__all__ = ['TRAINING_PARAMS', 'partition_digest', 'partition_manifest', 'library_lineage', 'training_lineage',
+           'training_identity', 'lineage', 'format_lineage']
 
 # %% ../nbs/13_lineage.ipynb #12c747c8
 def partition_digest(lake, table:str, dt:str) -> dict:
@@ -50,6 +51,19 @@ def training_lineage(manifest:dict,       # the partitions manifest extract wrot
                     ) -> dict:
     "What a training run was made from: the library (modules, notebooks) and the lake partitions it read."
     return {"library": library_lineage(), "code_hash": code_hash, "data": manifest}
+
+# %% ../nbs/13_lineage.ipynb #07b3b167
+TRAINING_PARAMS = ("hyperparams", "test_fraction", "engine")  # the pipeline params that change what is trained
+
+def training_identity(name:str,    # model name
+                      lineage:dict,# what it was made from (`training_lineage`)
+                      params:dict  # the pipeline params; only `TRAINING_PARAMS` count
+                     ) -> str:
+    "sha256 of what decides model `name`: its kind, the library code, the training params and the partitions' sha256."
+    from nutrino_ml.models import model_spec
+    parts = sorted([p["table"], p["dt"], p["sha256"]] for p in lineage["data"]["partitions"])
+    return sha256_text(json.dumps({"model": name, "kind": model_spec(name).kind, "library": lineage["library"]["sha256"],
+                                   "params": {k: params.get(k) for k in TRAINING_PARAMS}, "partitions": parts}, sort_keys=True))
 
 # %% ../nbs/13_lineage.ipynb #e28535dc
 def _client(client_or_uri):

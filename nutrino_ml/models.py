@@ -18,6 +18,7 @@ from fastcore.basics import patch
 from .runtime.features import FEATURE_SETS, FeatureSet
 from .offline import training_rows
 from .runtime.kernels import ForecastKernel
+from .evaluation import score_held_out, held_out_metrics
 
 # %% auto #0
 __all__ = ['MODELS', 'make_response_pipeline', 'GlucoseForecaster', 'ModelSpec', 'model_spec', 'train_model', 'evaluate_model',
@@ -122,15 +123,9 @@ def train_model(name:str, df:pd.DataFrame, # model name, and its feature table
 
 # %% ../nbs/05_models.ipynb #2c53dd6a
 def evaluate_model(model, name:str, test:pd.DataFrame, train:pd.DataFrame) -> dict:
-    "MAE, RMSE, R², bias on the `test` rows with a target; `baseline_mae` predicts the `train` mean."
+    "Metrics of model `name` on the `test` rows with a target, with its baselines' MAE there (baselines learn from `train`)."
     spec = model_spec(name)
-    te, tr = training_rows(test, spec.fset), training_rows(train, spec.fset)
-    y, p = te[spec.fset.target].to_numpy(float), np.asarray(model.predict(te[spec.inputs]), float)
-    err = p - y
-    ss = ((y - y.mean())**2).sum()
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())), "bias": float(err.mean()),
-            "r2": float(1 - (err**2).sum()/ss) if ss > 0 else float("nan"),
-            "baseline_mae": float(np.abs(y - tr[spec.fset.target].mean()).mean()), "n_test": int(len(te)), "n_train": int(len(tr))}
+    return held_out_metrics(score_held_out(model, spec, test, train), len(training_rows(train, spec.fset)))
 
 # %% ../nbs/05_models.ipynb #88bf5869
 _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")

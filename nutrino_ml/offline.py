@@ -5,8 +5,8 @@
 # %% ../nbs/03_offline.ipynb #91faa6c6
 from __future__ import annotations
 import numpy as np, pandas as pd
-from .datalake import Column, Lake, TableSpec
-from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity, split_by
+from .datalake import Column, Lake, TableSpec, TimeRules
+from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity, feature_fingerprint, split_by
 
 # %% auto #0
 __all__ = ['frame_columns', 'conform', 'build_features', 'training_rows', 'time_split', 'feature_table', 'feature_table_spec',
@@ -29,13 +29,15 @@ def frame_columns(df) -> dict:
 _DTYPES = {"string": "string", "double": "float64", "timestamp": "datetime64[us, UTC]"}
 
 def conform(df, fset:FeatureSet):
-    "`df` with exactly the feature set's columns, in order, with their declared types (timestamps UTC)."
+    "`df` with exactly the feature set's columns, in order, with their declared types (timestamps UTC), stamped with the definition's fingerprint."
     missing = [c for c in fset.columns if c not in df.columns]
     if missing: raise ValueError(f"feature set '{fset.name}': the function returned no columns {missing}")
     df = df[fset.columns].copy()
     for f in fset.features:
         df[f.name] = pd.to_datetime(df[f.name], utc=True).astype(_DTYPES[f.dtype]) if f.dtype == "timestamp" else df[f.name].astype(_DTYPES[f.dtype])
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["feature_fingerprint"] = feature_fingerprint(fset)  # pandas keeps attrs in parquet: the table says which definition made it
+    return df
 
 def build_features(fset:FeatureSet, # what to compute
                    tables:dict      # table name -> frame of the lake table (all entities)
@@ -97,7 +99,7 @@ def check_engine(engine:str) -> str:
 def build_tables_pandas(settings, fsets:list) -> dict:
     "Build the offline tables of `fsets` with pandas; per feature set: table, path, rows, partitions."
     lake, out = Lake(settings.datalake_root, settings.s3_endpoint_url, settings.region), {}
-    raw = {t: lake.read_table(t) for t in dict.fromkeys(t for f in fsets for t in f.tables)}
+    raw = lake.read_lake(list(dict.fromkeys(t for f in fsets for t in f.tables)), TimeRules.from_settings(settings))
     for f in fsets:
         df = with_dt(build_features(f, {t: raw[t] for t in f.tables}))
         dts = write_table_pandas(df, lake, feature_table(f))

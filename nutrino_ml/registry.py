@@ -12,13 +12,15 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.entities import ViewType
 import nutrino_ml
 from .models import model_spec, trusted_types
 from .bundle import input_schema
 
 # %% auto #0
-__all__ = ['POLICY_TAG', 'git_state', 'ensure_experiment', 'mlflow_signature', 'log_and_register', 'promote', 'list_models',
-           'rollback', 'parse_weights', 'set_policy', 'get_policy', 'resolve_policy']
+__all__ = ['IDENTITY_TAG', 'POLICY_TAG', 'git_state', 'ensure_experiment', 'mlflow_signature', 'registered_version',
+           'log_and_register', 'format_registration', 'promote', 'list_models', 'rollback', 'parse_weights',
+           'set_policy', 'get_policy', 'resolve_policy']
 
 # %% ../nbs/07_registry.ipynb #86ee5233
 def git_state(path:Path|str=".") -> dict:
@@ -83,15 +85,28 @@ def _run_tags(name:str, git:dict, tags:dict|None) -> dict:
     return {"model_name": name, "mlflow.source.git.commit": git["commit"], "git_branch": git["branch"],
             "git_dirty": str(git["dirty"]).lower(), **(tags or {})}
 
-def _log_run_contents(params:dict|None, metrics:dict|None, reports:list, lineage:dict|None, bundle_dir:Path):
-    "Log params, metrics, reports, lineage and the serving bundle to the active MLflow run."
+def _log_run_contents(params:dict|None, metrics:dict|None, reports:list, lineage:dict|None, bundle_dir:Path, figures:list=()):
+    "Log params, metrics, reports, figures, lineage and the serving bundle to the active MLflow run."
     mlflow.log_params(_flat(params))
     mlflow.log_metrics({k: float(v) for k, v in (metrics or {}).items()})
     for r in reports: mlflow.log_artifact(str(r), "reports")
+    for f in figures: mlflow.log_artifact(str(f), "figures")
     if lineage: mlflow.log_dict(lineage, "lineage.json")
     mlflow.log_artifacts(str(bundle_dir), "serving")
 
 # %% ../nbs/07_registry.ipynb #f4adffc9
+IDENTITY_TAG = "training_identity"
+
+def registered_version(client:MlflowClient, name:str, identity:str) -> dict|None:
+    "`{name, version, run_id}` of the newest version of `name` whose run carries training `identity`, or None."
+    versions = {mv.run_id: int(mv.version) for mv in client.search_model_versions(f"name='{name}'")}
+    if not versions: return None
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(exps, f"tags.{IDENTITY_TAG} = '{identity}'", run_view_type=ViewType.ALL, max_results=10_000)
+    found = sorted((versions[r.info.run_id], r.info.run_id) for r in runs if r.info.run_id in versions)
+    return {"name": name, "version": found[-1][0], "run_id": found[-1][1]} if found else None
+
+# %% ../nbs/07_registry.ipynb #631a95a8
 def log_and_register(name:str,            # model name, registered under this name
                      model,               # the fitted model
                      bundle_dir:Path,     # its serving bundle (from `build_bundle`)
@@ -100,18 +115,31 @@ def log_and_register(name:str,            # model name, registered under this na
                      params:dict|None=None, metrics:dict|None=None,
                      reports:list=(),     # files (executed notebooks as HTML) logged under reports/
                      tags:dict|None=None, git:dict|None=None,
-                     lineage:dict|None=None # what it was made from (`nutrino_ml.lineage.training_lineage`), logged as lineage.json
+                     figures:list=(),     # pictures (the evaluation's PNG files) logged under figures/
+                     lineage:dict|None=None, # what it was made from (`nutrino_ml.lineage.training_lineage`), logged as lineage.json
+                     identity:str|None=None  # its `nutrino_ml.lineage.training_identity`: a version holding it is returned, not registered again
                     ) -> dict:
-    "Log one training run to MLflow and register its model as a new version; returns name, version, run_id."
+    "Log one training run to MLflow and register its model as a new version, unless a version holds `identity`; returns name, version, run_id, reused."
     mlflow.set_tracking_uri(tracking_uri)
+    held = registered_version(MlflowClient(tracking_uri), name, identity) if identity else None
+    if held: return {**held, "reused": True}
     spec, git = model_spec(name), git if git is not None else git_state()
     exp_id = ensure_experiment(experiment, artifact_location)
     example = example[spec.inputs].reset_index(drop=True)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{name}") as run:
-        mlflow.set_tags(_run_tags(name, git, tags))
-        _log_run_contents(params, metrics, reports, lineage, bundle_dir)
+        fingerprint = json.loads((Path(bundle_dir)/"bundle.json").read_text())["feature_set"].get("fingerprint")
+        mlflow.set_tags({**_run_tags(name, git, tags), **({"feature_fingerprint": fingerprint} if fingerprint else {}),
+                         **({IDENTITY_TAG: identity} if identity else {})})
+        _log_run_contents(params, metrics, reports, lineage, bundle_dir, figures)
         info = _log_model(name, spec.kind, model, bundle_dir, mlflow_signature(name, example, model.predict(example)), example)
-    return {"name": name, "version": int(info.registered_model_version), "run_id": run.info.run_id}
+    return {"name": name, "version": int(info.registered_model_version), "run_id": run.info.run_id, "reused": False}
+
+# %% ../nbs/07_registry.ipynb #255cc6df
+def format_registration(r:dict # what `log_and_register` returns
+                       ) -> str:
+    "One line saying which version was registered, or which existing version already holds the model."
+    if r.get("reused"): return f"{r['name']}: version {r['version']} already holds this model (same code, parameters and data); not registering another"
+    return f"registered {r['name']} version {r['version']} (run {r['run_id']})"
 
 # %% ../nbs/07_registry.ipynb #3ac28531
 _ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,62}$")

@@ -15,7 +15,9 @@ __all__ = ['events_from_frames', 'as_records', 'replay']
 def events_from_frames(tables:dict) -> list:
     "Stream events (dicts with `type`, `ts` ISO 8601) of lake tables given as data frames: profiles first, then meals and readings by time."
     kinds = {t: k for k, t in EVENT_TYPES.items()}
-    rows = lambda t: tables[t][[c for c in TABLES[t].names if c in tables[t].columns]].to_dict("records")  # the table's own columns
+    def rows(t):  # the table's own columns; a missing value (NaN, e.g. a meal's unknown fibre) is left out, as a producer sends it
+        df = tables[t][[c for c in TABLES[t].names if c in tables[t].columns]]
+        return [{k: v for k, v in r.items() if not (isinstance(v, float) and v != v)} for r in df.to_dict("records")]
     out = [{"type": "user", **r} for r in rows("users")] if "users" in tables else []
     timed = [{"type": kinds[t], **r, "ts": r["ts"].isoformat()} for t in ("meals", "glucose") if t in tables for r in rows(t)]
     return out + sorted(timed, key=lambda e: (e["ts"], e["event_id"]))

@@ -8,7 +8,7 @@ import hashlib, os, re, sys, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd
-from .datalake import Column, DatalakeError, Lake, TableSpec, TABLES, validate_frame
+from .datalake import Column, DatalakeError, DatalakeWarning, Lake, TableSpec, TABLES, TimeRules, check_times, tell_unknown_users, validate_frame
 from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity
 from .offline import conform, feature_table, frame_columns, with_dt
 
@@ -16,7 +16,8 @@ from .offline import conform, feature_table, frame_columns, with_dt
 __all__ = ['PANDAS_WARNING', 'WORKER_WARNINGS', 'local_cores', 'spark_conf', 'quiet_pyspark_warnings', 'spark_session',
            'spark_path', 'validate_lake_table_spark', 'read_lake_table_spark', 'spark_schema', 'require_utc',
            'union_tables', 'entity_features', 'build_features_spark', 'write_table_spark', 'write_feature_table',
-           'spark_session_for', 'spark_with_dt', 'partition_counts', 'build_tables_spark', 'feature_frames_spark']
+           'spark_session_for', 'spark_with_dt', 'partition_counts', 'check_users_spark', 'build_tables_spark',
+           'feature_frames_spark']
 
 # %% ../nbs/03a_spark.ipynb #d98ccab3
 PANDAS_WARNING = "PySpark does not yet fully support pandas"
@@ -70,20 +71,23 @@ def spark_path(root:str, *parts:str) -> str:
     return "/".join([base, *parts])
 
 # %% ../nbs/03a_spark.ipynb #17ca7337
-def _partition_check(table:str, spec:TableSpec):
-    "The function Spark runs on each partition: `validate_frame`'s message, or None."
+def _partition_check(table:str, spec:TableSpec, times:TimeRules|None=None):
+    "The function Spark runs on each partition: the message of `validate_frame` (then `check_times`), or None."
     def check(pdf):
-        dt = str(pdf["dt"].iloc[0])
-        try: validate_frame(pdf.drop(columns="dt"), spec, f"{table}/dt={dt}"); problem = None
+        dt, where = str(pdf["dt"].iloc[0]), f"{table}/dt={pdf['dt'].iloc[0]}"
+        try:
+            df = validate_frame(pdf.drop(columns="dt"), spec, where)
+            if times is not None: check_times(df, spec, dt, times, where)
+            problem = None
         except DatalakeError as e: problem = str(e)
         return pd.DataFrame({"dt": [dt], "problem": [problem]})
     return check
 
 # %% ../nbs/03a_spark.ipynb #6655335a
-def validate_lake_table_spark(df, table:str, spec:TableSpec):
+def validate_lake_table_spark(df, table:str, spec:TableSpec, times:TimeRules|None=None):
     "Raise `DatalakeError` as `Lake.read_table` does: for the first bad partition (by `dt`), else for an event in two partitions."
     from pyspark.sql import functions as F
-    bad = df.groupBy("dt").applyInPandas(_partition_check(table, spec), "dt string, problem string")
+    bad = df.groupBy("dt").applyInPandas(_partition_check(table, spec, times), "dt string, problem string")
     first = bad.where("problem IS NOT NULL").orderBy("dt").limit(1).collect()
     if first: raise DatalakeError(first[0].problem)
     twice = df.groupBy(spec.key).agg(F.min("dt").alias("a"), F.max("dt").alias("b")).where("a != b").orderBy(spec.key).limit(1).collect()
@@ -93,21 +97,53 @@ def validate_lake_table_spark(df, table:str, spec:TableSpec):
         raise DatalakeError(f"{table}: column '{spec.key}' value {v!r} appears in partitions {dts}")
 
 # %% ../nbs/03a_spark.ipynb #8f4eae02
+_SPARK_KINDS = {"string": "string", "int": "bigint", "float": "double", "timestamp": "timestamp"}
+
+def _spark_type(t) -> str|None:
+    "The Spark type a parquet column of arrow type `t` is read as (None: let the table's type decide)."
+    import pyarrow as pa
+    if pa.types.is_integer(t): return "bigint"
+    if pa.types.is_floating(t): return "double"
+    if pa.types.is_timestamp(t): return "timestamp"
+    return "string" if not pa.types.is_null(t) else None
+
+def _read_checked(spark, lake:Lake, lake_root:str, table:str, spec:TableSpec):
+    "The checked files of `table`, read in groups of one physical schema each and cast to the table's types."
+    from functools import reduce
+    from pyspark.sql import functions as F
+    groups = {}
+    for dt in lake.partitions(table):
+        for path, schema in lake.file_schemas(table, dt):
+            types = tuple(_spark_type(schema.field(c.name).type) or _SPARK_KINDS[c.kind] for c in spec.columns)
+            groups.setdefault(types, []).append(spark_path(lake_root, path[len(lake.base) + 1:]))
+    frames = [spark.read.schema(", ".join([*(f"`{c.name}` {t}" for c, t in zip(spec.columns, types)), "dt string"]))
+                   .option("basePath", spark_path(lake_root, table)).parquet(*paths)
+                   .select(*[F.col(c.name).cast(_SPARK_KINDS[c.kind]).alias(c.name) for c in spec.columns], "dt")
+              for types, paths in groups.items()]
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
 def read_lake_table_spark(spark, lake_root:str, table:str,
-                          spec:TableSpec|None=None, # the table's spec; `TABLES[table]` by default
-                          validate:bool=True):
+                          spec:TableSpec|None=None,  # the table's spec; `TABLES[table]` by default
+                          validate:bool=True,
+                          times:TimeRules|None=None, # time rules for the events' times (None: not checked)
+                          strict:bool=False,         # refuse columns the table does not have (else one warning)
+                          lake:Lake|None=None        # the lake at `lake_root` as pyarrow reads it (its S3 endpoint); a folder's by default
+                         ):
     "Every partition of lake `table` as a Spark DataFrame with a string `dt` column, checked like `Lake.read_table`."
     from pyspark.errors import AnalysisException
     spec = spec or TABLES.get(table)
     if spec is None and validate: raise ValueError(f"read_lake_table_spark: no spec for table '{table}'; pass one (e.g. feature_table_spec(fset)) or validate=False")
-    path = spark_path(lake_root, table)
-    if "://" not in lake_root and not Lake(lake_root).partitions(table):  # a folder: the lake's own listing and message
-        raise DatalakeError(f"{Lake(lake_root).table_path(table)}: no partitions; did the lake get written (nutrino-ml datalake simulate)?")
+    lake, path = lake or Lake(lake_root), spark_path(lake_root, table)
+    if validate:
+        lake.check_table(table, spec, strict)  # every file's footer, before Spark reads a value
+        df = _read_checked(spark, lake, lake_root, table, spec)
+        validate_lake_table_spark(df, table, spec, times)
+        return df
+    if "://" not in lake_root and not lake.partitions(table):
+        raise DatalakeError(f"{lake.table_path(table)}: no partitions; did the lake get written (nutrino-ml datalake simulate)?")
     try: df = spark.read.option("mergeSchema", "true").parquet(path)
     except AnalysisException as e: raise DatalakeError(f"{path}: cannot read the table's partitions ({str(e).splitlines()[0]})") from None
-    df = df.withColumn("dt", df["dt"].cast("string"))
-    if validate: validate_lake_table_spark(df, table, spec)
-    return df
+    return df.withColumn("dt", df["dt"].cast("string"))
 
 # %% ../nbs/03a_spark.ipynb #e0305438
 _SPARK_TYPES = {"string": "string", "double": "double", "timestamp": "timestamp"}
@@ -206,11 +242,24 @@ def partition_counts(df) -> dict:
     return {r["dt"]: r["count"] for r in df.groupBy("dt").count().collect()}
 
 # %% ../nbs/03a_spark.ipynb #7000e218
+def check_users_spark(raw:dict, # table -> Spark frame, with 'users'
+                      strict:bool=False):
+    "What `Lake.read_lake` says of events whose user the `users` table lacks, for Spark frames."
+    from pyspark.sql import functions as F
+    if "users" not in raw: return
+    for t, df in raw.items():
+        if t == "users" or "user_id" not in df.columns: continue
+        r = df.join(raw["users"].select("user_id"), "user_id", "left_anti").agg(F.count("*").alias("n"), F.countDistinct("user_id").alias("u"), F.min("user_id").alias("first")).collect()[0]
+        if r.n: tell_unknown_users(t, r.n, r.u, r.first, strict)
+
+# %% ../nbs/03a_spark.ipynb #cc207da9
 def build_tables_spark(settings, fsets:list, spark=None) -> dict:
     "Build the offline tables of `fsets` with Spark; per feature set: table, path, rows, partitions."
     with spark_session_for(settings, spark) as spark:
         root, out = settings.datalake_root, {}
-        raw = {t: read_lake_table_spark(spark, root, t) for t in dict.fromkeys(t for f in fsets for t in f.tables)}
+        lake, times = Lake(root, settings.s3_endpoint_url, settings.region), TimeRules.from_settings(settings)
+        raw = {t: read_lake_table_spark(spark, root, t, times=times, lake=lake) for t in dict.fromkeys(t for f in fsets for t in f.tables)}
+        check_users_spark(raw)
         for f in fsets:
             df = with_dt(build_features_spark(f, spark, {t: raw[t] for t in f.tables})).persist()
             try: counts, path = partition_counts(df), write_table_spark(df, root, feature_table(f))

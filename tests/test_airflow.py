@@ -1,5 +1,6 @@
 """Scheduled training with Airflow: the DAGs `nutrino_ml.schedule.airflow_dags` writes load in a real Airflow 3
-without import errors, and one model's DAG trains and registers a new version on a tiny lake.
+without import errors, and one model's DAG trains and registers a new version on a tiny lake, and registers nothing more
+when it runs again on the same code, parameters and partitions.
 
 Airflow lives in its own virtualenv, as in production (never the project's .venv): it is installed once with
 pip into ~/.cache/nutrino-ml/ and reused by later runs. The test is skipped only when that env is missing and
@@ -13,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import BIN, ROOT, TELEMETRY_OFF, local_env, run
+from nutrino_ml.datalake import Lake
 
 # Pinned to a set verified to resolve with plain pip; Airflow's constraints file is on raw.githubusercontent.com,
 # which CI may not reach. Changing a pin makes a new cached env.
@@ -121,16 +123,36 @@ def test_airflow_sees_the_pipelines_dependencies_and_the_schedule(airflow):
         assert (seen[dag_id]["catchup"], seen[dag_id]["max_active_runs"], seen[dag_id]["retries"]) == (False, 1, [0]), dag_id
 
 
-def test_dag_run_registers_a_new_version_and_a_rerun_task_registers_another(airflow):
+def test_dag_run_registers_a_version_a_rerun_with_nothing_changed_registers_none_and_a_new_partition_another(airflow):
     client = MlflowClient(airflow["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+    registered = airflow["tmp"] / "products" / MODEL / "registered" / f"{MODEL}.json"
+
+    def versions():
+        return sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+
     airflow["call"]("airflow", "dags", "test", DAG_IDS[MODEL])
-    assert [int(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == [1]
+    assert versions() == [1]
     assert {m.name for m in client.search_registered_models()} == {MODEL}  # only this model's tasks ran
-    products = airflow["tmp"] / "products" / MODEL
-    assert json.loads((products / "registered" / f"{MODEL}.json").read_text())["version"] == 1
-    # a cleared task runs again (forced), though its products are up to date: Ploomber alone would refuse it
-    airflow["call"]("airflow", "tasks", "test", DAG_IDS[MODEL], f"register-{MODEL}")
-    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'")) == [1, 2]
+    first = json.loads(registered.read_text())
+    assert (first["version"], first["reused"]) == (1, False)
+    # the DAG again, nothing changed: every task is up to date, so nothing is built and nothing registered
+    out = airflow["call"]("airflow", "dags", "test", DAG_IDS[MODEL]).stdout
+    assert versions() == [1]
+    assert f"register-{MODEL}: up to date" in out, out[-4000:]
+    # the register task's product lost (as on a fresh worker): it runs again on the same code, parameters and
+    # partitions, and names the version that holds the model instead of registering another
+    registered.unlink()
+    out = airflow["call"]("airflow", "tasks", "test", DAG_IDS[MODEL], f"register-{MODEL}").stdout
+    assert versions() == [1]
+    assert json.loads(registered.read_text()) == {**first, "reused": True}
+    # a changed partition makes extract outdated, and everything after it: a model of other data, a new version
+    lake = Lake(airflow["env"]["NUTRINO_DATALAKE_ROOT"])
+    dt = lake.partitions("meals")[-1]
+    lake.write_partition("meals", dt, lake.read_partition("meals", dt).iloc[:-1])
+    airflow["call"]("airflow", "dags", "test", DAG_IDS[MODEL])
+    assert versions() == [1, 2]
+    again = json.loads(registered.read_text())
+    assert (again["version"], again["reused"]) == (2, False) and again["run_id"] != first["run_id"]
 
 
 def test_the_cli_writes_one_dag_per_model(tmp_path):

@@ -1,6 +1,9 @@
-"""Lineage of the versions the pipeline registers, and that training again at the same commit on the same partitions reproduces them."""
+"""Lineage of the versions the pipeline registers, that training again at the same commit on the same partitions reproduces them,
+and that building again on the same code and lake registers no second identical version."""
 import hashlib, json, subprocess
 from pathlib import Path
+
+from mlflow.tracking import MlflowClient
 
 from helpers import MODELS, ROOT, TASKS, build, local_env, ran_tasks
 from nutrino_ml.datalake import Lake
@@ -58,3 +61,23 @@ def test_training_again_on_the_same_partitions_reproduces_the_version(built, tmp
             assert again[part] == first[part], (name, part)
     state = "models/glucose-forecast.json"
     assert (tmp_path / "products" / state).read_bytes() == (built["products"] / state).read_bytes()
+
+
+def printed(notebook):
+    """What the cells of an executed notebook printed."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    return "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
+def test_two_builds_on_the_same_code_and_lake_register_one_version(built, tmp_path):
+    """A build into a fresh products folder (Ploomber runs every task again) on `built`'s lake and registry registers nothing:
+    the register tasks name the versions that already hold the models."""
+    client = MlflowClient(built["env"]["NUTRINO_MLFLOW_TRACKING_URI"])
+    before = {name: len(client.search_model_versions(f"name='{name}'")) for name in MODELS}
+    assert ran_tasks(build(built["env"], tmp_path / "products").stdout) == TASKS
+    for name, first in built["registered"].items():
+        assert len(client.search_model_versions(f"name='{name}'")) == before[name], name
+        assert json.loads((tmp_path / "products" / "registered" / f"{name}.json").read_text()) == {**first, "reused": True}, name
+        said = printed(tmp_path / "products" / f"register-{name}.ipynb")
+        assert f"{name}: version {first['version']} already holds this model (same code, parameters and data); not registering another" in said, name
+        assert f"registered {name} version" not in said, name

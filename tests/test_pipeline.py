@@ -75,4 +75,33 @@ def test_missing_column_and_duplicate_events_are_named(built, tmp_path):
     part = next((tmp_path / "lake" / "users").glob("dt=*/*.parquet"))
     pq.read_table(part).to_pandas().drop(columns="height_cm").to_parquet(part, index=False)
     out = build(env, tmp_path / "products", check=False)
-    assert out.returncode != 0 and "users/dt=2026-01-01: missing columns ['height_cm']" in out.stdout
+    assert out.returncode != 0 and "users/dt=2026-01-01, file part-0.parquet: missing columns ['height_cm']" in out.stdout
+
+
+def test_a_lake_that_lies_stops_extract_and_the_spark_command_says_one_line(built, tmp_path):
+    env = local_env(tmp_path)
+    shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    last = sorted((tmp_path / "lake" / "glucose").glob("dt=*"))[-1]
+    part = next(last.glob("*.parquet"))
+    df = pq.read_table(part).to_pandas()
+    df.loc[4, "ts"] = pd.Timestamp("2099-01-01 08:00", tz="UTC")
+    df.to_parquet(part, index=False)
+    want = f"glucose/{last.name}: column 'ts' has 1 times in the future"
+    out = build(env, tmp_path / "products", check=False)
+    assert out.returncode != 0 and want in out.stdout, out.stdout[-3000:]
+    assert MlflowClient(env["NUTRINO_MLFLOW_TRACKING_URI"]).search_registered_models() == []
+    out = run([BIN / "nutrino-ml", "features", "build", "--engine", "spark"], env=env, check=False)
+    ours = [l for l in out.stdout.splitlines() if l.startswith("nutrino-ml features")]
+    assert out.returncode == 2 and len(ours) == 1 and want in ours[0] and "Traceback" not in out.stdout, out.stdout[-3000:]
+
+
+def test_unknown_columns_are_warned_of_and_refused_in_strict_mode(built, tmp_path):
+    env = local_env(tmp_path)
+    shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    part = next((tmp_path / "lake" / "meals" / "dt=2026-01-02").glob("*.parquet"))
+    pq.read_table(part).to_pandas().assign(calories=500.0).to_parquet(part, index=False)
+    out = run([BIN / "ploomber", "task", "extract", "--env--products", tmp_path / "products"], env=env, cwd=ROOT / "pipelines", check=False)
+    assert out.returncode == 0, out.stdout[-3000:]  # the warning is in the task's executed notebook
+    assert "meals: column 'calories' is not in the table and is ignored" in (tmp_path / "products" / "extract.ipynb").read_text()
+    out = build(env, tmp_path / "products", "--env--strict_columns", "true", check=False)
+    assert out.returncode != 0 and "column 'calories' is not in the table and is ignored" in out.stdout and "strict mode refuses it" in out.stdout

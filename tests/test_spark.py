@@ -129,6 +129,87 @@ def test_a_bad_partition_fails_both_engines_with_the_lake_error(spark, events, t
     assert not (tmp_path / "lake" / "features_meal_response").exists()
 
 
+def _rewrite(lake_root, table, dt, change):
+    """Replace the data file of partition `dt` of `table` with `change(frame)` (a pandas frame, written by pandas)."""
+    part = next((lake_root / table / f"dt={dt}").glob("*.parquet"))
+    change(pq.read_table(part).to_pandas()).to_parquet(part, index=False)
+
+
+def _add_file(lake_root, table, dt, change):
+    """Add a second file to partition `dt`: `change` of the first file's rows, with new event ids."""
+    part = next((lake_root / table / f"dt={dt}").glob("*.parquet"))
+    df = pq.read_table(part).to_pandas().head(3)
+    change(df.assign(event_id=df.event_id + "-2")).to_parquet(part.with_name("part-1.parquet"), index=False)
+
+
+# Lakes that lie, as they were seen from outside: each defect and the words both engines must refuse it with.
+LIES = {
+    "readings shifted three hours into the next day": (
+        lambda r: _rewrite(r, "glucose", "2026-01-02", lambda d: d.assign(ts=d.ts + pd.Timedelta(hours=3))),
+        "glucose/dt=2026-01-02: column 'ts' has", "times after its partition's day ends (2026-01-03T00:00Z)"),
+    "a reading dated 2099": (
+        lambda r: _rewrite(r, "glucose", "2026-01-03", lambda d: d.assign(ts=d.ts.where(d.index != 5, pd.Timestamp("2099-01-01", tz="UTC")))),
+        "glucose/dt=2026-01-03: column 'ts' has 1 times in the future", "lake_max_clock_skew_s"),
+    "a partition named dt=yesterday": (
+        lambda r: (r / "meals" / "dt=2026-01-03").rename(r / "meals" / "dt=yesterday"),
+        "meals: folders ['dt=yesterday'] are not dt=YYYY-MM-DD partitions", ""),
+    "times without a time zone": (
+        lambda r: _rewrite(r, "glucose", "2026-01-02", lambda d: d.assign(ts=d.ts.dt.tz_localize(None))),
+        "glucose/dt=2026-01-02, file", "column 'ts' has times without a time zone (timestamp[us])"),
+    "a second file with carbs as text": (
+        lambda r: _add_file(r, "meals", "2026-01-02", lambda d: d.assign(carbs_g=d.carbs_g.astype(str))),
+        "meals/dt=2026-01-02, file part-1.parquet: column 'carbs_g' has type", "expected float"),
+    "an empty last glucose partition": (
+        lambda r: _rewrite(r, "glucose", "2026-01-03", lambda d: d.head(0)), "glucose/dt=2026-01-03: no rows", ""),
+    "a cut-off file": (
+        lambda r: (lambda p: p.write_bytes(p.read_bytes()[:500]))(next((r / "glucose" / "dt=2026-01-02").glob("*.parquet"))),
+        "glucose/dt=2026-01-02, file", "unreadable parquet"),
+    "missing carbs": (
+        lambda r: _rewrite(r, "meals", "2026-01-02", lambda d: d.assign(carbs_g=d.carbs_g.where(d.index != 1))),
+        "meals/dt=2026-01-02: column 'carbs_g' has 1 missing values", ""),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_a_lake_that_lies_fails_both_engines_with_the_same_line(spark, events, tmp_path, lie):
+    make, start, part = LIES[lie]
+    write_simulated_lake(Lake(str(tmp_path / "lake")), events)
+    make(tmp_path / "lake")
+    settings = settings_for(tmp_path / "lake")
+    with pytest.raises(DatalakeError) as by_pandas:
+        build_feature_tables(settings, "pandas")
+    with pytest.raises(DatalakeError) as by_spark:
+        build_feature_tables(settings, "spark", spark=spark)
+    assert str(by_spark.value) == str(by_pandas.value), lie
+    assert start in str(by_pandas.value) and part in str(by_pandas.value) and "\n" not in str(by_pandas.value), str(by_pandas.value)
+    assert not list((tmp_path / "lake").glob("features_*")), lie
+
+
+def test_late_events_integer_readings_and_unknown_columns_still_build_alike(spark, events, tmp_path):
+    """A day's readings landing in the next day's partition (late), a file of whole-number readings, a column the
+    table does not have: both engines build the same rows, and say the same about the column and unknown users."""
+    lake = Lake(str(tmp_path / "lake"))
+    write_simulated_lake(lake, events)
+    g = events["glucose"]
+    day1 = g[g.ts.dt.strftime("%Y-%m-%d") == "2026-01-01"]
+    lake.write_partition("glucose", "2026-01-01", day1.iloc[: len(day1) // 2])
+    lake.write_partition("glucose", "2026-01-02", pd.concat([day1.iloc[len(day1) // 2:], g[g.ts.dt.strftime("%Y-%m-%d") == "2026-01-02"]]))
+    _rewrite(tmp_path / "lake", "glucose", "2026-01-03", lambda d: d.assign(glucose_mgdl=d.glucose_mgdl.round().astype("int64"), sensor="x"))
+    _rewrite(tmp_path / "lake", "meals", "2026-01-03", lambda d: d.assign(user_id=d.user_id.where(d.index != 0, "u-nobody")))
+    settings = settings_for(tmp_path / "lake")
+    said = {}
+    for engine in ("pandas", "spark"):
+        with pytest.warns(UserWarning) as w:
+            build_feature_tables(settings, engine, **({"spark": spark} if engine == "spark" else {}))
+        said[engine] = sorted(str(x.message) for x in w if type(x.message).__name__ == "DatalakeWarning")
+        tables = {f.name: lake.read_table(feature_table(f), feature_table_spec(f)) for f in FEATURE_SETS.values()}
+        if engine == "pandas": first = tables
+    assert said["pandas"] == said["spark"] and len(said["pandas"]) == 2, said
+    assert any("column 'sensor' is not in the table" in m for m in said["pandas"]) and any("'u-nobody'" in m for m in said["pandas"])
+    for f in FEATURE_SETS.values():
+        assert_same_rows(tables[f.name], first[f.name], f)
+
+
 def test_the_features_task_engines_give_the_same_products(built, spark):
     """What `pipelines/tasks/features.py` runs with `engine: spark`, on the extract task's products of the build."""
     extract = {t: built["products"] / "extract" / f"{t}.parquet" for t in ("users", "meals", "glucose")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # %% auto #0
 __all__ = ['SERVING_ERRORS', 'InputError', 'PayloadTooLarge', 'ModelNotFound', 'EntityNotFound', 'ModelUnavailable',
-           'http_status']
+           'FeatureMismatch', 'http_status']
 
 # %% ../../nbs/runtime/01_errors.ipynb #e7d25dec
 class InputError(ValueError):
@@ -30,7 +30,11 @@ class ModelUnavailable(RuntimeError):
     "The version exists but its bundle cannot be served (missing or altered files)."
     status = 503
 
-SERVING_ERRORS = (InputError, ModelNotFound, ModelUnavailable)  # what a route answers as a 4xx/503 instead of a 500
+class FeatureMismatch(RuntimeError):
+    "The online feature row was computed by another feature definition than the version was trained on (HTTP 409)."
+    status = 409
+
+SERVING_ERRORS = (InputError, ModelNotFound, ModelUnavailable, FeatureMismatch)  # what a route answers as a 4xx/503 instead of a 500
 
 # %% ../../nbs/runtime/01_errors.ipynb #aeb21cc8
 def http_status(e:Exception) -> int:

@@ -6,14 +6,16 @@
 from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
-import zlib
+import hashlib, inspect, json, types, zlib
 import numpy as np
 from .tables import TABLES
 
 # %% auto #0
-__all__ = ['MEAL_RESPONSE', 'GLUCOSE_FORECAST', 'FEATURE_SETS', 'window_bounds', 'window_matrix', 'window_slope', 'Feature',
-           'FeatureSet', 'clean_events', 'hour_of_day', 'meal_response_for_user', 'meal_response_latest', 'is_anchor',
-           'glucose_forecast_for_user', 'glucose_forecast_latest', 'split_by', 'empty_columns', 'compute_entity']
+__all__ = ['MIN_TREND_SPAN', 'MAX_PEAK_GAP', 'MEAL_RESPONSE', 'MAX_INTERP_GAP', 'GLUCOSE_FORECAST', 'FEATURE_SETS',
+           'window_bounds', 'window_matrix', 'window_span', 'window_slope', 'window_max_gap', 'Feature',
+           'window_params', 'FeatureSet', 'clean_events', 'hour_of_day', 'meal_response_for_user',
+           'meal_response_latest', 'is_anchor', 'interpolate_at', 'glucose_forecast_for_user',
+           'glucose_forecast_latest', 'feature_fingerprint', 'split_by', 'empty_columns', 'compute_entity']
 
 # %% ../../nbs/runtime/05_features.ipynb #9c8f70ef
 def window_bounds(t:np.ndarray, # sorted reading times (minutes)
@@ -29,17 +31,34 @@ def window_matrix(v:np.ndarray, lo:np.ndarray, hi:np.ndarray) -> np.ndarray:
     return np.where(idx < hi[:, None], v[np.minimum(idx, len(v) - 1)] if len(v) else np.nan, np.nan)
 
 # %% ../../nbs/runtime/05_features.ipynb #ba65d01a
+MIN_TREND_SPAN = 10.0  # minutes a trend's readings must span
+
 def _nanmean(m): 
     n = (~np.isnan(m)).sum(1)
     return np.where(n > 0, np.nansum(m, 1) / np.maximum(n, 1), np.nan)
 
-def window_slope(t:np.ndarray, y:np.ndarray, lo:np.ndarray, hi:np.ndarray, min_n:int=3) -> np.ndarray:
-    "Least-squares slope of `y` on `t` (per minute) in each window; NaN with fewer than `min_n` readings."
+def window_span(t:np.ndarray, lo:np.ndarray, hi:np.ndarray) -> np.ndarray:
+    "Minutes between the first and the last reading of each window (0 with fewer than two)."
+    if not len(t): return np.zeros(len(lo))
+    return np.where(hi > lo, t[np.maximum(hi - 1, 0)] - t[np.minimum(lo, len(t) - 1)], 0.0)
+
+def window_slope(t:np.ndarray, y:np.ndarray, lo:np.ndarray, hi:np.ndarray, min_span:float=0) -> np.ndarray:
+    "Least-squares slope of `y` on `t` (per minute) in each window; NaN unless two or more readings span `min_span` minutes."
     T, Y = window_matrix(t, lo, hi), window_matrix(y, lo, hi)
     dt, dy = T - _nanmean(T)[:, None], Y - _nanmean(Y)[:, None]
     sxx = np.nansum(dt*dt, 1)
-    ok = ((hi - lo) >= min_n) & (sxx > 0)
+    ok = (sxx > 0) & (window_span(t, lo, hi) >= min_span)
     return np.where(ok, np.nansum(dt*dy, 1) / np.where(ok, sxx, 1), np.nan)
+
+# %% ../../nbs/runtime/05_features.ipynb #cc701913
+def window_max_gap(t:np.ndarray, lo:np.ndarray, hi:np.ndarray, # sorted reading times (minutes), and each window's bounds
+                   start:np.ndarray, end:np.ndarray            # each window's edges (minutes)
+                  ) -> np.ndarray:
+    "Longest time (minutes) without a reading in each window `(start, end]`, its edges counted as readings."
+    T = window_matrix(t, lo, hi)
+    E = np.column_stack([start, T, np.full(len(start), np.nan)])
+    E[np.arange(len(start)), (hi - lo) + 1] = end
+    return np.nanmax(np.diff(E, axis=1), 1, initial=0)
 
 # %% ../../nbs/runtime/05_features.ipynb #99689f5a
 @dataclass(frozen=True)
@@ -51,18 +70,28 @@ class Feature:
     nullable: bool = False   # may an input be missing (NaN)?
 
 # %% ../../nbs/runtime/05_features.ipynb #427f58c8
+def window_params(fn:Callable) -> dict:
+    "The windows of feature function `fn`: its keyword arguments named `*_min`, with their defaults (minutes)."
+    return {k: float(p.default) for k, p in inspect.signature(fn).parameters.items() if k.endswith("_min") and p.default is not p.empty}
+
 @dataclass(frozen=True)
 class FeatureSet:
     "A feature definition: one function over one entity's events, and what it reads and writes."
     name: str
     key: str                 # entity key, e.g. user_id
     tables: tuple            # raw lake tables the function reads
-    lookback_min: float      # minutes of history before an event it needs
-    horizon_min: float       # minutes after an event it needs (targets)
     features: tuple          # the output columns, in order
-    fn: Callable             # fn(**{table: columns of one entity}) -> columns of `features`
+    fn: Callable             # fn(**{table: columns of one entity}) -> columns of `features`; its `*_min` defaults are its windows
     latest: Callable         # latest(**{table: columns of one entity}) -> the feature row of that entity as of its newest event
+    lookback: Callable       # windows -> minutes of history before an event the function reads
+    horizon: Callable        # windows -> minutes after an event it reads (targets)
     request: tuple = ()      # inputs a client sends with a prediction; the others come from the online store
+    @property
+    def windows(self) -> dict: return window_params(self.fn)
+    @property
+    def lookback_min(self) -> float: return float(self.lookback(self.windows))
+    @property
+    def horizon_min(self) -> float: return float(self.horizon(self.windows))
     @property
     def columns(self): return [f.name for f in self.features]
     @property
@@ -95,22 +124,29 @@ def hour_of_day(ts:np.ndarray) -> np.ndarray:
     return m // 60 + (m % 60) / 60
 
 # %% ../../nbs/runtime/05_features.ipynb #65d6e0ab
+MAX_PEAK_GAP = 30.0  # minutes: the longest stretch without a reading that a meal's peak window may have
+
+def _peak(tg, y, tm, after_min:float, max_gap:float) -> np.ndarray:
+    "Highest reading in each `(tm, tm + after_min]`; NaN where a gap longer than `max_gap` minutes could hide it."
+    lo, hi = window_bounds(tg, tm, tm + after_min)
+    after = window_matrix(y, lo, hi)
+    top = np.nanmax(np.where(np.isnan(after), -np.inf, after), 1, initial=-np.inf)
+    return np.where(window_max_gap(tg, lo, hi, tm, tm + after_min) <= max_gap, top, np.nan)
+
 def meal_response_for_user(meals:dict, glucose:dict, users:dict, before_min:float=30, after_min:float=120) -> dict:
     "Meal-response features of one user's meals, from that user's glucose readings and profile."
     m, g = clean_events(meals), clean_events(glucose)
     tm, tg, y = _minutes(m["ts"]), _minutes(g["ts"]), np.asarray(g["glucose_mgdl"], float)
     blo, bhi = window_bounds(tg, tm - before_min, tm)
-    alo, ahi = window_bounds(tg, tm, tm + after_min)
     before = _nanmean(window_matrix(y, blo, bhi))
-    after = window_matrix(y, alo, ahi)
-    peak = np.where((ahi - alo) >= after_min/5/2, np.nanmax(np.where(np.isnan(after), -np.inf, after), 1, initial=-np.inf), np.nan)
     # the profile as last delivered (the lake holds one row per user)
     bmi = float(users["weight_kg"][-1]) / (float(users["height_cm"][-1])/100)**2 if _n(users) else np.nan
     f = lambda c: np.asarray(m[c], float)
     return {"event_id": m["event_id"], "user_id": m["user_id"], "ts": m["ts"].astype("datetime64[us]"),
             "carbs_g": f("carbs_g"), "fibre_g": f("fibre_g"), "fat_g": f("fat_g"), "protein_g": f("protein_g"),
             "hour": hour_of_day(m["ts"]), "bmi": np.full(len(tm), bmi), "glucose_before": before,
-            "glucose_trend": window_slope(tg, y, blo, bhi), "glucose_rise": peak - before}
+            "glucose_trend": window_slope(tg, y, blo, bhi, MIN_TREND_SPAN),
+            "glucose_rise": _peak(tg, y, tm, after_min, MAX_PEAK_GAP) - before}
 
 # %% ../../nbs/runtime/05_features.ipynb #3ca590dd
 def meal_response_latest(meals:dict, glucose:dict, users:dict) -> dict:
@@ -125,9 +161,11 @@ def meal_response_latest(meals:dict, glucose:dict, users:dict) -> dict:
 
 # %% ../../nbs/runtime/05_features.ipynb #0a9e38e0
 MEAL_RESPONSE = FeatureSet(
-    "meal_response", key="user_id", tables=("meals", "glucose", "users"), lookback_min=30, horizon_min=120,
+    "meal_response", key="user_id", tables=("meals", "glucose", "users"),
+    lookback=lambda w: w["before_min"], horizon=lambda w: w["after_min"],
     features=(Feature("event_id", "string", "id"), Feature("user_id", "string", "id"), Feature("ts", "timestamp", "id"),
-              *[Feature(c, "double") for c in ("carbs_g", "fibre_g", "fat_g", "protein_g", "hour", "bmi")],
+              Feature("carbs_g", "double"), *[Feature(c, "double", nullable=True) for c in ("fibre_g", "fat_g", "protein_g")],
+              Feature("hour", "double"), Feature("bmi", "double"),
               Feature("glucose_before", "double", nullable=True), Feature("glucose_trend", "double", nullable=True),
               Feature("glucose_rise", "double", "target", nullable=True)),
     fn=meal_response_for_user, latest=meal_response_latest, request=("carbs_g", "fibre_g", "fat_g", "protein_g", "hour"))
@@ -137,6 +175,22 @@ def is_anchor(event_ids, every:int) -> np.ndarray:
     "About one event in `every`, by a stable hash (crc32) of its id."
     return np.array([zlib.crc32(str(e).encode()) % every == 0 for e in event_ids], dtype=bool) if every > 1 else np.ones(len(event_ids), bool)
 
+# %% ../../nbs/runtime/05_features.ipynb #0c26e27d
+MAX_INTERP_GAP = 20.0  # minutes: the widest gap between two readings that a value is interpolated across
+_SAME_TIME = 1e-6      # minutes (60 µs): times this close are the same moment (float rounding of epoch minutes)
+
+def interpolate_at(t:np.ndarray, y:np.ndarray, # sorted reading times (minutes) and values
+                   at:np.ndarray,               # the moments wanted (minutes)
+                   max_gap:float=MAX_INTERP_GAP) -> np.ndarray:
+    "`y` at each moment `at`: a reading at that moment, else linear between the readings around it if at most `max_gap` minutes apart, else NaN."
+    if not len(t): return np.full(len(at), np.nan)
+    j = np.searchsorted(t, at - _SAME_TIME)  # the first reading at (or after) the moment
+    r, l = np.minimum(j, len(t) - 1), np.maximum(j - 1, 0)
+    exact = (j < len(t)) & (np.abs(t[r] - at) <= _SAME_TIME)
+    between = (j > 0) & (j < len(t)) & (t[r] - t[l] <= max_gap)
+    w = np.where(between, (at - t[l]) / np.where(between, t[r] - t[l], 1), 0)
+    return np.where(exact, y[r], np.where(between, y[l] + w*(y[r] - y[l]), np.nan))
+
 # %% ../../nbs/runtime/05_features.ipynb #384d4909
 def glucose_forecast_for_user(glucose:dict, horizon_min:float=30, trend_min:float=30, anchor_every:int=3) -> dict:
     "Forecast features of one user's glucose readings: value, trend, and the value `horizon_min` later."
@@ -144,29 +198,55 @@ def glucose_forecast_for_user(glucose:dict, horizon_min:float=30, trend_min:floa
     t, y = _minutes(g["ts"]), np.asarray(g["glucose_mgdl"], float)
     a = np.flatnonzero(is_anchor(g["event_id"], anchor_every))
     lo, hi = window_bounds(t, t[a] - trend_min, t[a])
-    j = np.minimum(np.searchsorted(t, t[a] + horizon_min - 2.5), max(len(t) - 1, 0))
-    hit = (len(t) > 0) & (np.abs(t[j] - t[a] - horizon_min) <= 2.5) if len(a) else np.zeros(0, bool)
     return {"event_id": g["event_id"][a], "user_id": g["user_id"][a], "ts": g["ts"][a].astype("datetime64[us]"),
-            "glucose_mgdl": y[a], "glucose_trend": window_slope(t, y, lo, hi),
-            "glucose_future": np.where(hit, y[j] if len(a) else np.nan, np.nan)}
+            "glucose_mgdl": y[a], "glucose_trend": window_slope(t, y, lo, hi, MIN_TREND_SPAN),
+            "glucose_future": interpolate_at(t, y, t[a] + horizon_min)}
 
 # %% ../../nbs/runtime/05_features.ipynb #cb2aa391
 def glucose_forecast_latest(glucose:dict) -> dict:
     "The `glucose_forecast` row of the user's newest reading."
     if not _n(glucose): return None
     g = clean_events(glucose)
-    last = _take(g, slice(max(_n(g) - 200, 0), None))  # the trend needs 30 minutes; 200 readings is plenty
-    return {k: v[-1] for k, v in glucose_forecast_for_user(last, anchor_every=1).items()}
+    t, trend_min = _minutes(g["ts"]), window_params(glucose_forecast_for_user)["trend_min"]
+    return {k: v[-1] for k, v in glucose_forecast_for_user(_take(g, t >= t[-1] - trend_min), anchor_every=1).items()}
 
 # %% ../../nbs/runtime/05_features.ipynb #c9e5d9d2
 GLUCOSE_FORECAST = FeatureSet(
-    "glucose_forecast", key="user_id", tables=("glucose",), lookback_min=30, horizon_min=32.5,
+    "glucose_forecast", key="user_id", tables=("glucose",),
+    lookback=lambda w: w["trend_min"], horizon=lambda w: w["horizon_min"] + MAX_INTERP_GAP,
     features=(Feature("event_id", "string", "id"), Feature("user_id", "string"), Feature("ts", "timestamp", "id"),
               Feature("glucose_mgdl", "double"), Feature("glucose_trend", "double", nullable=True),
               Feature("glucose_future", "double", "target", nullable=True)),
     fn=glucose_forecast_for_user, latest=glucose_forecast_latest)
 
 FEATURE_SETS = {f.name: f for f in (MEAL_RESPONSE, GLUCOSE_FORECAST)}
+
+# %% ../../nbs/runtime/05_features.ipynb #c75153e8
+def _code_digest(fn, h, seen:set):
+    "Feed `fn`'s code, and the library functions and constants it refers to, into hash `h` (once each)."
+    code = getattr(fn, "__code__", None)
+    if code is None or id(code) in seen: return
+    seen.add(id(code))
+    def feed(c, top=False):
+        h.update(c.co_code); h.update(repr(c.co_names).encode())
+        for i, k in enumerate(c.co_consts):
+            if isinstance(k, types.CodeType): feed(k)
+            elif not (top and i == 0 and (k is None or k is fn.__doc__)): h.update(repr(k).encode())  # slot 0: the docstring (or None)
+    feed(code, top=True)
+    g = getattr(fn, "__globals__", {})
+    for name in code.co_names + tuple(n for k in code.co_consts if isinstance(k, types.CodeType) for n in k.co_names):
+        v = g.get(name)
+        if isinstance(v, types.FunctionType) and (v.__module__ or "").startswith("nutrino_ml"): _code_digest(v, h, seen)
+        elif isinstance(v, (int, float, str, tuple)) and not isinstance(v, bool): h.update(f"{name}={v!r}".encode())
+
+def feature_fingerprint(fset:FeatureSet) -> str:
+    "12 hex digits naming `fset`'s definition: windows, columns and the code of its functions."
+    h = hashlib.sha256(json.dumps({"name": fset.name, "key": fset.key, "tables": list(fset.tables), "windows": fset.windows,
+                                   "lookback": fset.lookback_min, "horizon": fset.horizon_min, "request": list(fset.request),
+                                   "features": [[f.name, f.dtype, f.role, f.nullable] for f in fset.features]}, sort_keys=True).encode())
+    seen = set()
+    for fn in (fset.fn, fset.latest): _code_digest(fn, h, seen)
+    return h.hexdigest()[:12]
 
 # %% ../../nbs/runtime/05_features.ipynb #67aed47c
 def split_by(cols:dict, key:str) -> dict:

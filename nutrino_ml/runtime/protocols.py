@@ -142,7 +142,8 @@ def mlflow_cast(rows:list, inputs:list) -> list:
 
 # %% ../../nbs/runtime/13_protocols.ipynb #4bd7af05
 ERROR_CODES = {400: ("BadRequestError", "BAD_REQUEST"), 404: ("NotFoundError", "RESOURCE_DOES_NOT_EXIST"),
-               413: ("PayloadTooLargeError", "BAD_REQUEST"), 503: ("ServiceUnavailable", "TEMPORARILY_UNAVAILABLE")}
+               409: ("ConflictError", "INVALID_STATE"), 413: ("PayloadTooLargeError", "BAD_REQUEST"),
+               503: ("ServiceUnavailable", "TEMPORARILY_UNAVAILABLE")}
 
 def error_body(status:int, message:str, shape:str) -> dict:
     "The JSON error body of `status` in `shape`: `native`, `mlflow` or `oip`."

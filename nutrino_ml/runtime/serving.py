@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, os, time
 from pathlib import Path
-from .errors import EntityNotFound, InputError, ModelNotFound, ModelUnavailable
+from .errors import EntityNotFound, FeatureMismatch, InputError, ModelNotFound, ModelUnavailable
 from .jsonio import print_json_line
 from .schema import is_text, validate_rows
 from .predictors import FORMATS
@@ -149,13 +149,16 @@ def _check_fields(fields:dict|None, sticky:str|None):
                                'send JSON {"rows": [{"field": value, ...}, ...]}' + (f" (and '{sticky}' beside them)" if sticky else ""))
 
 # %% ../../nbs/runtime/12_serving.ipynb #2b97a129
-def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|None=None, fields:dict|None=None, entity:str|None=None) -> dict:
+def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|None=None, fields:dict|None=None, entity:str|None=None,
+           check=None # check(manifest) of the version routed to, before it scores (raises to refuse)
+          ) -> dict:
     "Route and score `rows` for model `name`; scores the policy's shadows too; logs every prediction; returns the answer."
     request_id, t0, p = request_id or _request_id(), time.perf_counter(), self.policy(name) or {}
     sticky = p.get("sticky_key")
     if fields: _check_fields(fields, sticky)
     if entity is None: entity = entity_of(fields, rows, sticky)
     m, reason = self.route(name, version, entity, request_id, p)
+    if check is not None: check(m)
     preds = self.score(m, rows, sticky)
     log_prediction(self.log, request_id, name, m["version"], reason, False, t0, entity, preds)
     if p.get("shadow"): self.shadow(name, p["shadow"], m["version"], rows, sticky, entity, request_id)
@@ -203,9 +206,18 @@ def _serve_online(self:ServedModels, name:str, entity, fields:dict, version=None
                              "send the full row as {\"rows\": [...]} instead")
     inputs = {f["name"] for f in self.manifest_for(name, version)["inputs"]}
     row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in latest.items() if k in inputs}
-    answer = self.serve(name, [{**row, **fields}], version, request_id, entity=entity)
+    answer = self.serve(name, [{**row, **fields}], version, request_id, entity=entity,
+                        check=lambda m: _same_definition(m, latest, entity))
     answer["online"] = {"feature_set": fs["name"], fs["key"]: entity, "as_of": _as_of(latest.get("ts"))}
     return answer
+
+def _same_definition(m:dict, latest:dict, entity:str):
+    "Raise `FeatureMismatch` unless the online row was computed by the feature definition version `m` was trained on."
+    fs, want, got = m["feature_set"], m["feature_set"].get("fingerprint"), latest.get("_fingerprint")
+    if want is None or got == want: return  # a bundle exported before fingerprints were recorded cannot be checked
+    raise FeatureMismatch(f"the online features of {fs['key']} '{entity}' were computed by feature definition {got or 'unknown (a row older than fingerprints)'} "
+                          f"of '{fs['name']}', but {m['name']} version {m['version']} was trained on definition {want}; refresh the online store "
+                          f"with the current definition (nutrino-ml features materialize), or send the full row as {{\"rows\": [...]}}")
 
 ServedModels.serve_online = _serve_online
 

@@ -8,7 +8,7 @@ import base64, binascii, json, sys, time
 from collections import defaultdict
 import numpy as np
 from .tables import TABLES, RecordError, check_record
-from .features import FEATURE_SETS, FeatureSet
+from .features import FEATURE_SETS, FeatureSet, feature_fingerprint
 from .jsonio import print_json_line
 
 # %% auto #0
@@ -71,6 +71,7 @@ class StreamProcessor:
     def __init__(self, store, dead_letter, feature_sets:dict=FEATURE_SETS, max_attempts:int=3,
                  retention_min:float=2 * 24 * 60, max_clock_skew_s:float=300, clock=time.time, log=print_json_line):
         self.store, self.dead_letter, self.fsets, self.max_attempts = store, dead_letter, feature_sets, int(max_attempts)
+        self.fingerprints = {n: feature_fingerprint(f) for n, f in feature_sets.items()}  # what each row is stamped with
         self.retention_us, self.skew_s, self.clock, self.log = int(retention_min * MINUTE_US), float(max_clock_skew_s), clock, log
 
     def process(self, records:list) -> dict:
@@ -177,7 +178,9 @@ def _recompute(self:StreamProcessor, fs:FeatureSet, entity:str, new:dict, stats=
     rows = row_dicts(out, (at >= lo) & (at <= hi))
     if rows: self.store.put_rows(fs.name, entity, rows)
     latest = fs.latest(**{t: c if t == "users" else _window(c, newest - L, newest) for t, c in cols.items()})
-    if latest is not None: self.store.put_latest_row(fs.name, entity, row_dicts({k: np.array([v]) for k, v in latest.items()})[0])
+    if latest is not None:  # stamped with the definition that computed it: serving checks it against the version's
+        row = row_dicts({k: np.array([v]) for k, v in latest.items()})[0]
+        self.store.put_latest_row(fs.name, entity, {**row, "_fingerprint": self.fingerprints[fs.name]})
     return len(rows)
 
 StreamProcessor._recompute = _recompute

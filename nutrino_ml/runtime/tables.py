@@ -36,8 +36,8 @@ TABLES = {t.name: t for t in [
     TableSpec("users", (Column("user_id", "string"), Column("age", "int", 10, 110), Column("sex", "string"),
                         Column("weight_kg", "float", 30, 300), Column("height_cm", "float", 120, 230)), key="user_id"),
     TableSpec("meals", (Column("event_id", "string"), Column("user_id", "string"), Column("ts", "timestamp"),
-                        Column("carbs_g", "float", 0, 500), Column("fibre_g", "float", 0, 150),
-                        Column("fat_g", "float", 0, 300), Column("protein_g", "float", 0, 300)), key="event_id"),
+                        Column("carbs_g", "float", 0, 500), Column("fibre_g", "float", 0, 150, nullable=True),
+                        Column("fat_g", "float", 0, 300, nullable=True), Column("protein_g", "float", 0, 300, nullable=True)), key="event_id"),
     TableSpec("glucose", (Column("event_id", "string"), Column("user_id", "string"), Column("ts", "timestamp"),
                           Column("glucose_mgdl", "float", 20, 600)), key="event_id"),
 ]}
