@@ -21,7 +21,7 @@ DEMO_DAYS ?= 10
 
 .PHONY: help venv demo test fuzz bench lint-nbs nbs-test pytest lab clean
 help:
-	@echo "make demo   simulate a lake, train + register both models, promote, export, serve with chalice local, predict"
+	@echo "make demo   simulate a lake, train + register both models, a forecaster canary at 10%, export, replay traffic, collect, evaluate, smoke"
 	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
 	@echo "make fuzz   20,000 random requests of every route over HTTP to chalice local: no 5xx"
 	@echo "make bench  serving benchmarks vs MLflow (bench/README.md)"
@@ -39,16 +39,28 @@ $(STAMP): pyproject.toml chalice_app/requirements.txt Makefile
 
 venv: $(STAMP)
 
+# the version the last `ploomber build` registered (or found already registered) for model $(1)
+REGISTERED = $$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' pipelines/products/registered/$(1).json)
+
 demo: $(STAMP)
 	$(BIN)/nutrino-ml datalake simulate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
 	cd pipelines && ../$(BIN)/ploomber build
-	$(BIN)/nutrino-ml models promote glucose-response latest
-	$(BIN)/nutrino-ml models promote glucose-forecast latest
+	$(BIN)/nutrino-ml models promote glucose-response $(call REGISTERED,glucose-response)
+	$(BIN)/nutrino-ml models promote glucose-forecast $(call REGISTERED,glucose-forecast)
+	@# a second forecaster (another shrinkage, so another training identity: a new version) as a 90/10 sticky canary
+	cd pipelines && ../$(BIN)/ploomber build --env--forecast_shrinkage 5
+	$(BIN)/nutrino-ml models promote glucose-forecast $(call REGISTERED,glucose-forecast) --alias canary
+	$(BIN)/nutrino-ml models route glucose-forecast --weights production=90,canary=10 --sticky-key user_id
 	$(BIN)/nutrino-ml models list
 	$(BIN)/nutrino-ml export
+	@# the lake's last 6 hours replayed step by step, online predictions between steps: logged to data/logs/app.log
+	$(BIN)/nutrino-ml traffic --hours 6 --requests 300
+	$(BIN)/nutrino-ml inference-log collect
 	$(BIN)/nutrino-ml features materialize
 	$(BIN)/nutrino-ml stream replay --last 400
 	$(BIN)/nutrino-ml features check-skew --sample 5
+	$(BIN)/nutrino-ml inference-log evaluate
+	$(BIN)/nutrino-ml models verdict glucose-forecast
 	$(BIN)/nutrino-ml smoke --online u003
 
 # nbs/ is the source of truth: fail when nbdev-clean or nbdev-export would change nbs/ or nutrino_ml/.

@@ -145,6 +145,34 @@ def _add_rollback(models):
     rb.add_argument("name", help="the registered model, e.g. glucose-forecast")
 
 # %% ../nbs/09_cli.ipynb #28952b2c
+def _cmd_verdict(s, a):
+    "Print the verdict on the canary of model `a.name` from the outcomes of the logged predictions; act on it with `a.apply`."
+    from nutrino_ml.outcomes import apply_verdict, canary_pair, decide, format_verdict, join_outcomes, mae_difference
+    client = _client(s)
+    production, canary = canary_pair(client, a.name, a.canary)
+    log = _model_log(s, a.name)
+    print(f"{a.name}: {len(log)} logged records; joining them with their outcomes in {s.datalake_root}")
+    d = mae_difference(join_outcomes(log, _lake_frames(s)), a.name, canary, production, s.verdict_confidence, a.resamples, a.seed)
+    v = decide(d, s.verdict_min_predictions, s.verdict_min_users)
+    print(format_verdict(v))
+    print(f"  needs: {s.verdict_min_predictions} predictions with an outcome and {s.verdict_min_users} users per version (verdict_min_predictions, verdict_min_users)")
+    if not a.apply or v["verdict"] == "keep collecting":
+        if v["verdict"] != "keep collecting": print(f"  not applied; run again with --apply to {v['verdict']}")
+        return
+    r = apply_verdict(client, v, a.canary)
+    print(f"{a.name}: " + (f"production -> version {canary}" if r["verdict"] == "promote" else f"canary version {canary} rolled back")
+          + f"; alias '{a.canary}' removed" + (f"; traffic {r['policy']['weights']}" if r["policy"] else ""))
+    _cmd_export(s, argparse.Namespace(live="production,canary"))
+
+def _add_verdict(models):
+    ve = _command(models, "verdict", _cmd_verdict, "promote, roll back or keep collecting: the canary against production on the outcomes of their predictions")
+    ve.add_argument("name", help="the registered model, e.g. glucose-forecast")
+    ve.add_argument("--apply", action="store_true", help="act on the verdict (promote, or take the canary out of the traffic policy) and re-export")
+    ve.add_argument("--canary", default="canary", help="the alias of the version on trial (default %(default)s)")
+    ve.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over users (default %(default)s)")
+    ve.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default %(default)s)")
+
+# %% ../nbs/09_cli.ipynb #9595aa62
 def _add_route(models):
     rt = _command(models, "route", _cmd_route, "set the traffic policy: weights, shadow versions, sticky key")
     rt.add_argument("name", help="the registered model, e.g. glucose-forecast")
@@ -156,7 +184,7 @@ def _add_route(models):
 def _add_models(sub):
     models = _group(sub, "models", "the MLflow model registry")
     _command(models, "list", _cmd_list, "registered versions with their aliases and metrics")
-    for add in (_add_promote, _add_rollback, _add_route): add(models)
+    for add in (_add_promote, _add_rollback, _add_route, _add_verdict): add(models)
 
 # %% ../nbs/09_cli.ipynb #71c4c8f1
 def _cmd_lineage(s, a):
@@ -173,15 +201,26 @@ def _add_lineage(sub):
     li.add_argument("--json", action="store_true", help="as JSON")
 
 # %% ../nbs/09_cli.ipynb #6b276ebf
-def _log_lines(files:list) -> list:
-    "The lines of the log `files`, `-` being stdin."
-    return [l for f in files for l in (sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8")).splitlines()]
+def _log_lines(files:list, app_log:str) -> list:
+    "The lines of the log `files` (plain or gzip, folders of them, `-` being stdin), or of the `app_log` file when none is given."
+    from nutrino_ml.inference_log import read_log_lines
+    if not files and not Path(app_log).is_file():
+        raise FileNotFoundError(f"no app log at {app_log} (the app_log setting): serve first with `nutrino-ml smoke` or `nutrino-ml traffic`, or name log files")
+    return [l for f in files or [app_log] for l in (sys.stdin.read().splitlines() if f == "-" else read_log_lines([f]))]
 
 def _cmd_log_collect(s, a):
-    "Add the prediction records of the log files `a.files` to the lake's `inference_log` table."
+    "Add the prediction records of the log files `a.files` (the settings' app log by default) to the lake's `inference_log` table."
     from nutrino_ml.inference_log import collect_log
-    r = collect_log(_lake(s), _log_lines(a.files))
+    if not a.files: print(f"reading the app log {s.app_log}")
+    r = collect_log(_lake(s), _log_lines(a.files, s.app_log))
     print(f"inference_log in {s.datalake_root}: {r['added']} records added, {r['already_there']} already there, {r['other_lines']} other lines skipped")
+
+def _model_log(s, model:str|None=None):
+    "The lake's `inference_log` (of `model`), empty when nothing was collected yet."
+    from nutrino_ml.inference_log import log_frame, read_inference_log
+    lake = _lake(s)
+    log = read_inference_log(lake) if lake.partitions("inference_log") else log_frame([])
+    return log[log.model == model] if model else log
 
 def _cmd_log_compare(s, a):
     "Print the logged versions side by side, of model `a.model` or of every model."
@@ -190,13 +229,53 @@ def _cmd_log_compare(s, a):
     print((df[df.model == a.model] if a.model else df).to_string(index=False))
 
 # %% ../nbs/09_cli.ipynb #7dacddfb
+def _pairs(client, models) -> dict:
+    "model -> (production, canary) versions, or None for a model without both aliases."
+    from nutrino_ml.outcomes import canary_pair
+    out = {}
+    for m in models:
+        try: out[m] = canary_pair(client, m)
+        except ValueError: out[m] = None
+    return out
+
+def _cmd_log_evaluate(s, a):
+    "Score the logged predictions on their outcomes; write `outcome_eval`, the pages, and the runs' metrics."
+    import pandas as pd, tempfile
+    from nutrino_ml.outcomes import eval_rows, evaluate_outcomes, log_live_metrics, write_outcome_eval, write_pages
+    log, lake, now, client = _model_log(s, a.model), _lake(s), pd.Timestamp.now(tz="UTC"), _client(s)
+    if not len(log): raise ValueError(f"no logged predictions{' of ' + a.model if a.model else ''} in {s.datalake_root}; collect the app's log first (nutrino-ml inference-log collect LOGFILE)")
+    print(f"inference_log: {len(log)} records of {log.model.nunique()} models; reading the lake's users, meals and glucose")
+    pairs = _pairs(client, sorted(log.model.unique()))
+    ev = evaluate_outcomes(log, _lake_frames(s), pairs, s.verdict_min_predictions, s.verdict_min_users, s.verdict_confidence, a.resamples, a.seed)
+    print(ev["metrics"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for v in ev["verdicts"]: print(_verdict_line(v))
+    aliases = {m: {v: k for k, v in zip(("production", "canary"), p)} for m, p in pairs.items() if p}
+    rows = eval_rows(ev["metrics"], ev["verdicts"], aliases, now)
+    day = now.strftime("%Y-%m-%d")
+    print(f"outcome_eval/dt={day}: {len(rows)} rows -> {write_outcome_eval(lake, rows)}")
+    pages = write_pages(lake, ev["pages"], day, Path(tempfile.mkdtemp()))
+    for m, (path, _) in pages.items(): print(f"page: {path}")
+    if not a.no_mlflow: print(f"live metrics and pages logged to {len(log_live_metrics(client, rows, pages))} runs in {s.mlflow_tracking_uri}")
+
+def _verdict_line(v:dict) -> str:
+    "One line for verdict `v`: the model, verdict, MAE difference and interval."
+    return (f"{v['model']}: canary {v['canary']} - production {v['production']}: MAE {v['mae_diff']:+.2f} mg/dL, "
+            f"{v['confidence']:.0%} interval [{v['diff_lo']:+.2f}, {v['diff_hi']:+.2f}] -> {v['verdict']} ({v['reason']})")
+
+# %% ../nbs/09_cli.ipynb #096d3596
 @command_group
 def _add_inference_log(sub):
     il = _group(sub, "inference-log", "served predictions in the lake")
-    co = _command(il, "collect", _cmd_log_collect, "add the prediction records of app log files (or - for stdin) to the lake")
-    co.add_argument("files", nargs="+", help="app log files with one JSON line per prediction; - reads stdin")
+    co = _command(il, "collect", _cmd_log_collect, "add the prediction records of app log files (default: the app_log setting's file) to the lake")
+    co.add_argument("files", nargs="*", help="app log files with one JSON line per prediction, CloudWatch export .gz files or folders; - reads stdin "
+                                             "(default: the app_log file, where chalice local started by smoke and traffic logs)")
     cp = _command(il, "compare", _cmd_log_compare, "versions side by side on logged traffic")
     cp.add_argument("--model", default=None, help="only this model (default: every model)")
+    ev = _command(il, "evaluate", _cmd_log_evaluate, "join logged predictions with their outcomes: live MAE per version, canary vs production, a page, the runs' metrics")
+    ev.add_argument("--model", default=None, help="only this model (default: every model)")
+    ev.add_argument("--no-mlflow", action="store_true", help="do not log metrics and pages to the versions' MLflow runs")
+    ev.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over users (default %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default %(default)s)")
 
 # %% ../nbs/09_cli.ipynb #28a30d2d
 def _cmd_export(s, a):
@@ -212,22 +291,45 @@ def _add_export(sub):
     ex.add_argument("--live", default="production,canary", help="alias families that are served (default %(default)s)")
 
 # %% ../nbs/09_cli.ipynb #5672b64b
-def _answer_lines(r:dict) -> str:
-    "What `smoke` prints for one of `smoke_app`'s answers."
-    return f"POST /models/{r['model']}/predict -> {r['status']}\n  request: {json.dumps(r['request'])}\n  answer: {json.dumps(r['response'])}"
+def _call_line(c:dict) -> str:
+    "What `smoke` prints for one pinned (or online) call of `smoke_app`."
+    body = c["response"] if isinstance(c["response"], dict) else {}
+    req = f"online {json.dumps(c['request'])}" if c["kind"] == "online" else "its input example"
+    what = f"version {c['version']}: {json.dumps(body.get('predictions'))}" if c["ok"] else c["why"]
+    online = f" (online row as of {body['online']['as_of']})" if c["ok"] and body.get("online") else ""
+    return f"POST {c['path']} {req} -> {c['status']} {what}{online}"
+
+def _split_line(name:str, calls:list, policy:dict|None) -> str:
+    "What `smoke` prints for model `name`'s unpinned calls: how many each version answered."
+    mine, counts = [c for c in calls if c["model"] == name and c["kind"] == "unpinned"], {}
+    for c in mine: counts[c["version"]] = counts.get(c["version"], 0) + 1
+    how = f"sticky on {policy['sticky_key']}" if policy and policy.get("sticky_key") else "weighted" if policy else "no policy: production"
+    return f"{name}: {len(mine)} unpinned requests, one per user ({how}): " + ", ".join(
+        f"version {v} answered {n}" if v is not None else f"{n} failed" for v, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+
+def _server_env() -> dict:
+    "Variables for a `chalice local` started here: the settings file in force, since the server runs in the app's folder."
+    from nutrino_ml.config import find_settings_file
+    f = find_settings_file()
+    return {"NUTRINO_SETTINGS": str(f)} if f else {}
 
 def _cmd_smoke(s, a):
-    "Predict each served model through `chalice local` over HTTP; RuntimeError on an answer other than 200."
+    "Call every live version through `chalice local` over HTTP, pinned, and unpinned users; RuntimeError naming what failed."
+    import pandas as pd
     from nutrino_ml.local import smoke_app
-    for r in smoke_app(Path(s.app_dir), a.port, a.online):
-        print(_answer_lines(r))
-        if r["status"] != 200: raise RuntimeError(f"{r['model']}: the app answered {r['status']}")
+    r = smoke_app(Path(s.app_dir), a.port, a.online, a.users, s.app_log, _server_env())
+    for c in r["calls"]:
+        if c["kind"] != "unpinned": print(_call_line(c))
+    for n in dict.fromkeys(x["model"] for x in r["summary"]): print(_split_line(n, r["calls"], r["policies"].get(n)))
+    print(f"\nlive versions (the app's log: {s.app_log}):\n" + pd.DataFrame(r["summary"]).to_string(index=False))
+    if r["failures"]: raise RuntimeError(f"{len(r['failures'])} failed: " + "; ".join(r["failures"]))
 
 @command_group
 def _add_smoke(sub):
-    sm = _command(sub, "smoke", _cmd_smoke, "predict through chalice local over HTTP")
+    sm = _command(sub, "smoke", _cmd_smoke, "call every live version through chalice local over HTTP, pinned, and unpinned users to show the split")
     sm.add_argument("--port", type=int, default=None, help="the port chalice local listens on (default: a free one)")
     sm.add_argument("--online", default=None, metavar="ENTITY", help="also predict for this entity (e.g. u003) from the online store")
+    sm.add_argument("--users", type=int, default=40, metavar="N", help="unpinned requests per model, one per user, to show the split (default %(default)s)")
 
 # %% ../nbs/09_cli.ipynb #8081bad2
 def _package_line(r:dict) -> str:
@@ -354,6 +456,37 @@ def _add_score(sub):
     so = _command(sub, "score", _cmd_score, "batch-score the offline feature table with an exported bundle into predictions_<model>/")
     so.add_argument("--model", required=True, help="NAME or NAME@ALIAS_OR_VERSION (default alias: production)")
     so.add_argument("--engine", choices=["spark", "pandas"], default="spark", help="spark (settings' spark_master) or pandas")
+
+# %% ../nbs/09_cli.ipynb #a1b7397d
+def _traffic_lines(r:dict, hours:float, step_min:float, app_log:str) -> str:
+    "What `traffic` prints at the end for `replay_traffic`'s counts `r`."
+    head = (f"traffic: {r['points']} points over the lake's last {hours:g} h (steps of {step_min:g} min and meals): {r['events']} events "
+            f"through the stream into a fresh online store, {r['requests']} online requests")
+    by = [f"  {m}: " + ", ".join(f"version {v} answered {n}" for v, n in sorted(vs.items())) for m, vs in r["answered"].items()]
+    errs = [f"  {k}: {e['n']} requests, e.g. {e['first']}" for k, e in r["errors"].items()]
+    as_of = f"online rows as of {r['as_of'][0]} .. {r['as_of'][1]}; " if r["as_of"] else ""
+    return "\n".join([head, *by, *errs, f"  {as_of}logged to {app_log} (`nutrino-ml inference-log collect` reads it)"])
+
+def _cmd_traffic(s, a):
+    "Replay the lake's last hours through the stream into a fresh online store, with online predictions to `chalice local` between steps."
+    from nutrino_ml.traffic import replay_traffic
+    def line(p):
+        if p["points"] % 20 == 0 or p["points"] == p["total"]:
+            print(f"traffic: {p['points']}/{p['total']} points, {p['events']} events, {p['requests']} requests (lake time {p['time']:%Y-%m-%d %H:%M})", flush=True)
+    r = replay_traffic(Path(s.app_dir), _lake_frames(s), a.hours, a.step_min, a.requests, a.users, a.seed,
+                       log_file=s.app_log, max_clock_skew_s=s.stream_max_clock_skew_s, progress=line, env=_server_env())
+    print(_traffic_lines(r, a.hours, a.step_min, s.app_log))
+    if r["errors"]: raise RuntimeError(f"{sum(e['n'] for e in r['errors'].values())} of {r['requests']} requests failed: " +
+                                       "; ".join(f"{k}: {e['first']}" for k, e in r["errors"].items()))
+
+@command_group
+def _add_traffic(sub):
+    tr = _command(sub, "traffic", _cmd_traffic, "replay the lake's last hours step by step with online predictions to chalice local between steps (logged to app_log)")
+    tr.add_argument("--hours", type=float, default=6, help="the lake's last hours to replay (default %(default)g)")
+    tr.add_argument("--step-min", type=float, default=15, metavar="M", help="minutes between steps of requests (default %(default)g); meal models are asked at each meal")
+    tr.add_argument("--requests", type=int, default=300, metavar="N", help="online requests in all (default %(default)s)")
+    tr.add_argument("--users", type=int, default=None, metavar="N", help="only the first N users of the lake (default: all)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the users drawn at each step (default %(default)s)")
 
 # %% ../nbs/09_cli.ipynb #8b166536
 def _env_pairs(pairs:list) -> dict|None:

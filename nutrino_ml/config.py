@@ -10,7 +10,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TELEMETRY_OFF', 'EMBEDDED_DEFAULTS', 'TYPED_KEYS', 'disable_telemetry', 'Settings', 'whole_number', 'seconds',
-           'convert_value', 'resolve_path', 'find_settings_file', 'load_settings']
+           'fraction', 'convert_value', 'resolve_path', 'find_settings_file', 'load_settings']
 
 # %% ../nbs/00_config.ipynb #86d98ff2
 TELEMETRY_OFF = {
@@ -45,12 +45,16 @@ class Settings:
     stream_max_clock_skew_s: float # how far (seconds) after the Lambda's clock an event's time may be; later is refused
     lake_max_lateness_days: float  # how long before its partition's day an event may have happened (late arrivals)
     lake_max_clock_skew_s: float   # how far (seconds) after a build's start a lake event's time may be; later fails the build
+    verdict_min_predictions: int   # predictions with an outcome that the canary and production each need before a verdict
+    verdict_min_users: int         # users with an outcome that the canary and production each need before a verdict
+    verdict_confidence: float      # confidence of the canary-minus-production MAE interval a verdict rests on, e.g. 0.9
     spark_master: str              # local[*], yarn, spark://host:7077, ...
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
     aws_endpoint_url: str          # '' for AWS itself; else where DynamoDB, Kinesis and SQS answer (a local moto server)
+    app_log: str                   # the file `chalice local` started by nutrino-ml appends the app's log to (one JSON line per prediction)
 
-_PATH_KEYS = ("datalake_root", "mlflow_artifact_location", "bundle_dir", "app_dir")
+_PATH_KEYS = ("datalake_root", "mlflow_artifact_location", "bundle_dir", "app_dir", "app_log")
 _URI_KEYS = ("mlflow_tracking_uri", "online_store", "dead_letter")  # relative sqlite:/// made absolute
 _KEYS = tuple(f.name for f in fields(Settings) if f.name != "profile")
 
@@ -61,7 +65,8 @@ EMBEDDED_DEFAULTS = dict(
     bundle_dir="chalice_app/chalicelib/models", app_dir="chalice_app", stream_name="nutrino-events",
     online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3", stream_max_clock_skew_s="300",
     lake_max_lateness_days="7", lake_max_clock_skew_s="300",
-    spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="")
+    verdict_min_predictions="200", verdict_min_users="6", verdict_confidence="0.9",
+    spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="", app_log="data/logs/app.log")
 
 # %% ../nbs/00_config.ipynb #4e74f7dc
 def whole_number(value:str # the text of a setting, e.g. '3'
@@ -82,11 +87,23 @@ def seconds(value:str # the text of a setting, e.g. '300' or '2.5'
     if not 0 <= s < float("inf"): raise ValueError(f"seconds: {value!r} is not a finite number >= 0")
     return s
 
+def fraction(value:str # the text of a setting, e.g. '0.9'
+            ) -> float:
+    "`value` as a float strictly between 0 and 1; ValueError otherwise."
+    text = str(value).strip()
+    if not text.isascii(): raise ValueError(f"fraction: {value!r} is not written in ASCII")
+    f = float(text)
+    if not 0 < f < 1: raise ValueError(f"fraction: {value!r} is not strictly between 0 and 1")
+    return f
+
 TYPED_KEYS = {  # key -> (converter raising ValueError, what it accepts)
     "stream_max_attempts": (whole_number, "a whole number >= 1"),
     "stream_max_clock_skew_s": (seconds, "a number of seconds >= 0"),
     "lake_max_lateness_days": (seconds, "a number of days >= 0"),
     "lake_max_clock_skew_s": (seconds, "a number of seconds >= 0"),
+    "verdict_min_predictions": (whole_number, "a whole number >= 1"),
+    "verdict_min_users": (whole_number, "a whole number >= 1"),
+    "verdict_confidence": (fraction, "a fraction strictly between 0 and 1"),
 }
 
 # %% ../nbs/00_config.ipynb #35591945

@@ -4,21 +4,28 @@
 
 # %% ../nbs/10_inference_log.ipynb #8355272f
 from __future__ import annotations
-import json
+import gzip, json
+from pathlib import Path
 import numpy as np, pandas as pd
 from .datalake import Column, DatalakeError, Lake, TableSpec, validate_frame
 
 # %% auto #0
-__all__ = ['INFERENCE_LOG', 'log_frame', 'parse_log_lines', 'collect_log', 'read_inference_log', 'compare_versions']
+__all__ = ['INFERENCE_LOG', 'log_frame', 'parse_log_lines', 'read_log_lines', 'collect_log', 'read_inference_log',
+           'compare_versions']
 
 # %% ../nbs/10_inference_log.ipynb #928ce5bc
 INFERENCE_LOG = TableSpec("inference_log", (
     Column("log_id", "string"), Column("request_id", "string"), Column("ts", "timestamp"), Column("model", "string"),
     Column("version", "int", 1, 1e9), Column("route", "string"), Column("shadow", "int", 0, 1),
     Column("latency_ms", "float", 0, 1e7, nullable=True), Column("rows", "int", 0, 1e9), Column("entity", "string", nullable=True),
-    Column("predictions", "string"), Column("error", "string", nullable=True)), key="log_id")
+    Column("predictions", "string"), Column("error", "string", nullable=True), Column("as_of", "timestamp", nullable=True)), key="log_id")
 
 # %% ../nbs/10_inference_log.ipynb #9ad81c8e
+def _as_of_times(df:pd.DataFrame) -> pd.Series:
+    "The records' `as_of` (epoch µs, missing in older lines) as UTC times."
+    us = pd.to_numeric(df.get("as_of", pd.Series(np.nan, index=df.index)), errors="raise").astype(float)
+    return pd.to_datetime(us, unit="us", utc=True).dt.as_unit("us")
+
 def log_frame(records:list) -> pd.DataFrame:
     "Prediction records (dicts, as the app logs them) as rows of the `inference_log` table, one per record id."
     if not records: return pd.DataFrame({c.name: pd.Series(dtype="object") for c in INFERENCE_LOG.columns})
@@ -30,7 +37,7 @@ def log_frame(records:list) -> pd.DataFrame:
         "rows": df.get("rows", pd.Series(0, index=df.index)).fillna(0).astype("int64"),
         "entity": df.get("entity", pd.Series(None, index=df.index)).astype("string"),
         "predictions": [json.dumps(p) for p in df.get("predictions", pd.Series([None]*len(df)))],
-        "error": df.get("error", pd.Series(None, index=df.index)).astype("string")})
+        "error": df.get("error", pd.Series(None, index=df.index)).astype("string"), "as_of": _as_of_times(df)})
     out.insert(0, "log_id", out.request_id + ":" + out.model + ":" + out.version.astype(str) + ":" + out.shadow.astype(str))
     return validate_frame(out.drop_duplicates("log_id", ignore_index=True), INFERENCE_LOG, "inference log records")
 
@@ -51,21 +58,51 @@ def parse_log_lines(lines) -> tuple:
         else: recs.append(r)
     return log_frame(recs), skipped
 
+# %% ../nbs/10_inference_log.ipynb #c7b9e6ab
+def _log_files(path:Path) -> list:
+    "`path`, or the files under the folder `path` in name order; FileNotFoundError naming it if there is nothing."
+    path = Path(path)
+    if path.is_dir(): return sorted(f for f in path.rglob("*") if f.is_file())
+    if not path.is_file(): raise FileNotFoundError(f"no log file {path}; give app log files, a CloudWatch export folder or its .gz files")
+    return [path]
+
+def read_log_lines(paths:list # log files (plain or gzip) or folders of them
+                  ):
+    "Yield the lines of the log files `paths`: gzip files (CloudWatch exports) read transparently, folders file by file."
+    for f in [f for p in paths for f in _log_files(p)]:
+        with open(f, "rb") as raw: gz = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(f, "rt", encoding="utf-8") if gz else open(f, encoding="utf-8")) as fh:
+            for line in fh: yield line.rstrip("\n")
+
 # %% ../nbs/10_inference_log.ipynb #0102ed06
 def collect_log(lake:Lake, lines) -> dict:
     "Append the prediction records in `lines` to the lake's `inference_log` table, once each; returns counts."
     df, skipped = parse_log_lines(lines)
     added = 0
     for dt, part in df.groupby(df.ts.dt.strftime("%Y-%m-%d")):
-        old = lake.read_partition("inference_log", dt, INFERENCE_LOG) if dt in lake.partitions("inference_log") else part.head(0)
+        old = _read_log_partition(lake, dt) if dt in lake.partitions("inference_log") else part.head(0)
         new = part[~part.log_id.isin(old.log_id)].drop_duplicates("log_id")
         if len(new): lake.write_partition("inference_log", dt, pd.concat([old, new], ignore_index=True))
         added += len(new)
     return {"records": len(df), "added": added, "already_there": len(df) - added, "other_lines": skipped}
 
+_BEFORE_AS_OF = TableSpec("inference_log", tuple(c for c in INFERENCE_LOG.columns if c.name != "as_of"), key="log_id")
+
+def _read_log_partition(lake:Lake, dt:str) -> pd.DataFrame:
+    "Partition `dt` of `inference_log`, checked; one written before the table had `as_of` gets it empty."
+    names = {n for _, schema in lake.file_schemas("inference_log", dt) for n in schema.names}
+    if "as_of" in names: return lake.read_partition("inference_log", dt, INFERENCE_LOG)
+    df = lake.read_partition("inference_log", dt, _BEFORE_AS_OF)
+    return df.assign(as_of=pd.Series(pd.NaT, index=df.index, dtype="datetime64[us, UTC]"))
+
 def read_inference_log(lake:Lake) -> pd.DataFrame:
-    "The whole `inference_log` table, checked."
-    return lake.read_table("inference_log", INFERENCE_LOG)
+    "The whole `inference_log` table, checked (partitions from before `as_of` included)."
+    dts = lake.partitions("inference_log")
+    if not dts: raise DatalakeError(f"{lake.table_path('inference_log')}: no partitions; collect the app's log first (nutrino-ml inference-log collect LOGFILE)")
+    df = pd.concat([_read_log_partition(lake, dt).assign(dt=dt) for dt in dts], ignore_index=True)
+    dup = df.log_id[df.log_id.duplicated()]
+    if len(dup): raise DatalakeError(f"inference_log: column 'log_id' value {dup.iloc[0]!r} appears in more than one partition")
+    return df
 
 # %% ../nbs/10_inference_log.ipynb #9250d98e
 def compare_versions(log:pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_local.ipynb #16dfdc0e
 from __future__ import annotations
-import json, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import json, os, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
 from pathlib import Path
 from fastcore.basics import patch
 
@@ -27,24 +27,28 @@ def http_json(method:str, url:str, body=None, timeout:float=30) -> tuple:
     except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b"null")
 
 # %% ../nbs/08b_local.ipynb #3e74a186
-def _start_local(app_dir:Path, port:int, stage:str) -> tuple:
-    "`(log file, process)` of `chalice local --no-autoreload` for `app_dir` on 127.0.0.1:`port`."
+def _start_local(app_dir:Path, port:int, stage:str, log_file:Path|None=None, env:dict|None=None) -> tuple:
+    "`(log file, process)` of `chalice local --no-autoreload` for `app_dir` on 127.0.0.1:`port`, appending to `log_file` (else a temporary file)."
     exe = Path(sys.executable).with_name("chalice")
-    # the app logs a JSON line per prediction: a file, not an undrained pipe that would fill up and block it
-    log = tempfile.NamedTemporaryFile("w+", prefix="chalice-local-", suffix=".log", delete=False)
+    if log_file: Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_file, "a") if log_file else tempfile.NamedTemporaryFile("w+", prefix="chalice-local-", suffix=".log", delete=False)
     proc = subprocess.Popen([str(exe), "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", stage],
-                            cwd=app_dir, stdout=log, stderr=subprocess.STDOUT, text=True)
+                            cwd=app_dir, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
     return log, proc
 
 # %% ../nbs/08b_local.ipynb #b386fa3c
 class ChaliceLocal:
     "`chalice local --no-autoreload` for `app_dir` on a free loopback port, as a context manager."
-    def __init__(self, app_dir:Path, port:int|None=None, stage:str="local", timeout:float=60):
+    def __init__(self, app_dir:Path, port:int|None=None, stage:str="local", timeout:float=60,
+                 log_file:Path|None=None, # append the server's output here and keep it (default: a temporary file, removed)
+                 env:dict|None=None       # environment variables for the server, over this process's
+                ):
         self.app_dir, self.port, self.stage, self.timeout = Path(app_dir), port or free_port(), stage, timeout
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file, self.env, self.url = log_file, env, f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
-        self.log, self.proc = _start_local(self.app_dir, self.port, self.stage)
+        self.log, self.proc = _start_local(self.app_dir, self.port, self.stage, self.log_file, self.env)
+        self.log_start = self.log.tell()  # this server's output starts here
         return self._wait_until_up()
 
     def __exit__(self, *exc):
@@ -52,7 +56,7 @@ class ChaliceLocal:
         try: self.proc.wait(10)
         except subprocess.TimeoutExpired: self.proc.kill()
         self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
+        if not self.log_file: Path(self.log.name).unlink(missing_ok=True)
 
 # %% ../nbs/08b_local.ipynb #e5a0a444
 @patch
@@ -60,26 +64,124 @@ def _wait_until_up(self:ChaliceLocal):
     "`self` once the server answers `/ping`; raises if it exits first or is silent for `timeout` seconds."
     deadline = time.time() + self.timeout
     while time.time() < deadline:
-        if self.proc.poll() is not None: raise RuntimeError(f"chalice local exited with {self.proc.returncode}:\n{Path(self.log.name).read_text()[-4000:]}")
+        if self.proc.poll() is not None: raise RuntimeError(f"chalice local exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
         try:
             if http_json("GET", f"{self.url}/ping", timeout=2)[0] == 200: return self
         except OSError: time.sleep(0.2)
     self.__exit__(); raise TimeoutError(f"chalice local did not answer on {self.url} within {self.timeout}s")
 
+@patch
+def output(self:ChaliceLocal) -> str:
+    "What this server has written to its log so far."
+    with open(self.log.name, encoding="utf-8", errors="replace") as f: f.seek(self.log_start); return f.read()
+
 # %% ../nbs/08b_local.ipynb #4a1a2438
-def smoke_app(app_dir:Path, port:int|None=None, online:str|None=None) -> list:
-    "Start the app with `chalice local`, predict each served model's input example over HTTP (and for entity `online` from the online store); returns the answers."
-    answers = []
-    with ChaliceLocal(app_dir, port) as srv:
-        status, served = http_json("GET", f"{srv.url}/models")
-        if status != 200: raise RuntimeError(f"GET /models answered {status}: {served}")
-        for m in served["models"]:
-            if "production" not in (m["aliases"] or []): continue
-            bodies = [{"rows": m["input_example"]}]
-            if online and m.get("feature_set"):  # the entity key, and the fields a client sends (taken from the example)
-                fs = m["feature_set"]
-                bodies.append({fs["key"]: online, **({"request": {k: m["input_example"][0][k] for k in fs["request"]}} if fs["request"] else {})})
-            for b in bodies:
-                status, body = http_json("POST", f"{srv.url}/models/{m['name']}/predict", b)
-                answers.append({"model": m["name"], "status": status, "request": b, "response": body})
-    return answers
+def _models_dir(app_dir:Path) -> Path:
+    "The exported bundles of the app in `app_dir`; RuntimeError when nothing is exported there."
+    d = Path(app_dir)/"chalicelib"/"models"
+    if not (d/"index.json").is_file(): raise RuntimeError(f"nothing is exported in {d} (no index.json): run `nutrino-ml export` first")
+    return d
+
+def _served(url:str, d:Path) -> dict:
+    "`{name: [version descriptions, oldest first]}` from `GET /models`; RuntimeError when it lists none."
+    status, served = http_json("GET", f"{url}/models")
+    if status != 200: raise RuntimeError(f"GET /models answered {status}: {served}")
+    if not served["models"]: raise RuntimeError(f"the app serves no model version ({d}): run `nutrino-ml export` first")
+    out = {}
+    for m in served["models"]: out.setdefault(m["name"], []).append(m)
+    return out
+
+# %% ../nbs/08b_local.ipynb #7ad8ff68
+def _online_body(m:dict, entity:str) -> dict:
+    "The online request of version `m` for `entity`."
+    fs, row = m["feature_set"], m["input_example"][0]
+    return {fs["key"]: entity, **({"request": {k: row[k] for k in fs["request"] if k in row}} if fs["request"] else {})}
+
+def _unpinned_body(m:dict, sticky:str|None, user:str) -> dict:
+    "`m`'s input example for `user`, on the `sticky` key: in the row if `m` takes it, else beside the rows."
+    row = dict(m["input_example"][0])
+    if not sticky: return {"rows": [row]}
+    if sticky in {f["name"] for f in m["inputs"]}: return {"rows": [{**row, sticky: user}]}
+    return {"rows": [row], sticky: user}
+
+# %% ../nbs/08b_local.ipynb #82f22821
+def _call(url:str, name:str, body:dict, version:int|None=None, kind:str="pinned") -> dict:
+    "POST `body` to model `name` (pinned to `version` if given); the call with its status and the version that answered."
+    path = f"/models/{name}/predict" if version is None else f"/models/{name}/versions/{version}/predict"
+    status, answer = http_json("POST", url + path, body)
+    got = (answer or {}).get("version") if status == 200 else None
+    ok = status == 200 and version in (None, got)
+    why = "" if ok else (answer or {}).get("Message") or (answer or {}).get("message") or f"answered by version {got}"
+    return {"model": name, "kind": kind, "path": path, "asked": version, "status": status, "version": got, "ok": ok,
+            "request": body, "response": answer, "why": why}
+
+# %% ../nbs/08b_local.ipynb #cfbadc5f
+def _pinned_calls(url:str, name:str, versions:list, entity:str|None) -> list:
+    "The pinned calls of each version in `versions` of model `name`: its example, and online for `entity`."
+    prod = next((m for m in versions if "production" in (m["aliases"] or [])), versions[-1])
+    online_fp = (prod.get("feature_set") or {}).get("fingerprint")
+    calls = []
+    for m in versions:
+        calls.append(_call(url, name, {"rows": m["input_example"]}, m["version"]))
+        if entity and m.get("feature_set") and m["feature_set"].get("fingerprint") == online_fp:
+            calls.append(_call(url, name, _online_body(m, entity), m["version"], "online"))
+    return calls
+
+def _unpinned_calls(url:str, name:str, versions:list, policy:dict|None, users:int) -> list:
+    "`users` unpinned calls of model `name`, one per user on the policy's sticky key."
+    prod = next((m for m in versions if "production" in (m["aliases"] or [])), versions[-1])
+    sticky = (policy or {}).get("sticky_key")
+    return [_call(url, name, _unpinned_body(prod, sticky, f"smoke-{i:03d}"), kind="unpinned") for i in range(users)]
+
+# %% ../nbs/08b_local.ipynb #9d853ddd
+def _shadow_counts(log:str) -> dict:
+    "`{(model, version): shadow predictions}` in the app's `log` text."
+    out = {}
+    for line in log.splitlines():
+        if '"shadow":true' not in line: continue
+        try: r = json.loads(line[line.index("{"):])
+        except ValueError: continue
+        if r.get("event") == "prediction": out[(r["model"], r["version"])] = out.get((r["model"], r["version"]), 0) + 1
+    return out
+
+def _share(p:dict|None, m:dict) -> str:
+    "Version `m`'s part of the exported policy `p`: its weight, 'shadow' or '-'; without a policy production takes all."
+    v = str(m["version"])
+    if not p: return "100%" if "production" in (m["aliases"] or []) else "-"
+    return f"{p['weights'][v]:g}%" if v in p["weights"] else "shadow" if v in map(str, p.get("shadow", [])) else "-"
+
+def _summary(served:dict, policies:dict, calls:list, shadows:dict) -> list:
+    "One row per live version: aliases, policy share, pinned and online status, unpinned answers, shadow scores."
+    rows = []
+    for name, versions in served.items():
+        for m in versions:
+            v, mine = m["version"], [c for c in calls if c["model"] == name]
+            status = lambda kind: next((c["status"] for c in mine if c["kind"] == kind and c["asked"] == v), "-")
+            rows.append({"model": name, "version": v, "aliases": ",".join(m["aliases"] or []) or "-", "policy": _share(policies.get(name), m),
+                         "pinned": status("pinned"), "online": status("online"),
+                         "unpinned": sum(c["version"] == v for c in mine if c["kind"] == "unpinned"), "shadow": shadows.get((name, v), 0)})
+    return rows
+
+# %% ../nbs/08b_local.ipynb #9fc833b6
+def _failures(calls:list, problems:dict) -> list:
+    "A line per failed call and per version the app cannot serve."
+    out = [f"{c['model']} {'version ' + str(c['asked']) if c['asked'] is not None else 'unpinned'} ({c['kind']}): "
+           f"{c['path']} answered {c['status']}: {c['why']}" for c in calls if not c["ok"]]
+    return out + [f"{k}: {v}" for k, v in problems.items()]
+
+def smoke_app(app_dir:Path, port:int|None=None,
+              online:str|None=None,        # an entity (e.g. u003) to predict for from the online store too
+              users:int=40,                # unpinned requests per model, one per user, to show the split
+              log_file:Path|None=None,     # the app's log file (appended), else a temporary one
+              env:dict|None=None           # environment variables for the server (e.g. NUTRINO_SETTINGS)
+             ) -> dict:
+    "Start the app with `chalice local` and call every live version pinned, then `users` unpinned; the calls, a summary and the failures."
+    d = _models_dir(app_dir)
+    with ChaliceLocal(app_dir, port, log_file=log_file, env=env) as srv:
+        served = _served(srv.url, d)
+        problems = (lambda r: r[1].get("problems") or {} if r[0] != 200 else {})(http_json("GET", f"{srv.url}/v2/health/ready"))
+        policies = {n: json.loads((d/n/"policy.json").read_text()) if (d/n/"policy.json").is_file() else None for n in served}
+        calls = [c for n, vs in served.items() for c in _pinned_calls(srv.url, n, vs, online) + _unpinned_calls(srv.url, n, vs, policies[n], users)]
+        time.sleep(0.2)  # the last lines reach the log
+        shadows = _shadow_counts(srv.output())
+    return {"calls": calls, "summary": _summary(served, policies, calls, shadows), "policies": policies, "failures": _failures(calls, problems)}

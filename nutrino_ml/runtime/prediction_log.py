@@ -24,12 +24,16 @@ def ms_since(t0:float) -> float:
     return round((time.perf_counter() - t0) * 1e6) / 1000
 
 # %% ../../nbs/runtime/10_prediction_log.ipynb #31790d75
-def prediction_record(request_id, name, version, reason, shadow, latency_ms, entity, preds) -> dict:
+def prediction_record(request_id, name, version, reason, shadow, latency_ms, entity, preds,
+                      as_of=None # epoch µs the features are as of (online requests), or None: not written
+                     ) -> dict:
     "The log record of one prediction (`preds` None: a shadow that failed)."
-    return {"event": "prediction", "ts": utc_now(), "request_id": request_id,
-            "model": name, "version": version, "route": reason, "shadow": shadow,
-            "latency_ms": latency_ms, "rows": None if preds is None else len(preds),
-            "entity": entity, "predictions": preds}
+    r = {"event": "prediction", "ts": utc_now(), "request_id": request_id,
+         "model": name, "version": version, "route": reason, "shadow": shadow,
+         "latency_ms": latency_ms, "rows": None if preds is None else len(preds), "entity": entity}
+    if as_of is not None: r["as_of"] = as_of
+    r["predictions"] = preds
+    return r
 
 # %% ../../nbs/runtime/10_prediction_log.ipynb #335db8d2
 _ascii = json.encoder.encode_basestring_ascii  # how `encode_json` writes a str (the C one where there is one)
@@ -41,18 +45,21 @@ def predictions_json(preds:list) -> str:
         if type(x) is float and x - x == 0.0: return f"[{x!r}]"
     return encode_json(preds)
 
-def prediction_line(request_id, name, version, reason, shadow, latency, entity, preds) -> str:
+def _as_of_field(as_of:int) -> str: return f'"as_of":{as_of},'
+
+def prediction_line(request_id, name, version, reason, shadow, latency, entity, preds, as_of=None) -> str:
     "`encode_json(prediction_record(...))`, written from a template instead of a dict: ~1 µs, not ~4."
     if (type(request_id) is str and type(name) is str and type(version) is int and type(reason) is str and type(shadow) is bool
-            and (entity is None or type(entity) is str) and type(preds) is list and latency - latency == 0.0):
+            and (entity is None or type(entity) is str) and type(preds) is list and latency - latency == 0.0 and (as_of is None or type(as_of) is int)):
         return (f'{{"event":"prediction","ts":"{utc_now()}","request_id":{_ascii(request_id)},"model":{_ascii(name)},'
                 f'"version":{version!r},"route":{_ascii(reason)},"shadow":{"true" if shadow else "false"},"latency_ms":{latency!r},'
-                f'"rows":{len(preds)},"entity":{"null" if entity is None else _ascii(entity)},"predictions":{predictions_json(preds)}}}')
-    return encode_json(prediction_record(request_id, name, version, reason, shadow, latency, entity, preds))
+                f'"rows":{len(preds)},"entity":{"null" if entity is None else _ascii(entity)},{"" if as_of is None else _as_of_field(as_of)}'
+                f'"predictions":{predictions_json(preds)}}}')
+    return encode_json(prediction_record(request_id, name, version, reason, shadow, latency, entity, preds, as_of))
 
 # %% ../../nbs/runtime/10_prediction_log.ipynb #2b5d5679
-def log_prediction(log, request_id, name, version, reason, shadow, t0, entity, preds):
-    "Log one prediction made since `t0`: its JSON line on stdout when `log` is `print_json_line`, else its record to `log`."
+def log_prediction(log, request_id, name, version, reason, shadow, t0, entity, preds, as_of=None):
+    "Log one prediction made since `t0` (features as of `as_of`, epoch µs): its JSON line on stdout when `log` is `print_json_line`, else its record to `log`."
     if log is print_json_line:
-        sys.stdout.write(prediction_line(request_id, name, version, reason, shadow, ms_since(t0), entity, preds) + "\n"); sys.stdout.flush()
-    else: log(prediction_record(request_id, name, version, reason, shadow, ms_since(t0), entity, preds))
+        sys.stdout.write(prediction_line(request_id, name, version, reason, shadow, ms_since(t0), entity, preds, as_of) + "\n"); sys.stdout.flush()
+    else: log(prediction_record(request_id, name, version, reason, shadow, ms_since(t0), entity, preds, as_of))

@@ -150,7 +150,8 @@ def _check_fields(fields:dict|None, sticky:str|None):
 
 # %% ../../nbs/runtime/12_serving.ipynb #2b97a129
 def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|None=None, fields:dict|None=None, entity:str|None=None,
-           check=None # check(manifest) of the version routed to, before it scores (raises to refuse)
+           check=None, # check(manifest) of the version routed to, before it scores (raises to refuse)
+           as_of:int|None=None # epoch µs the rows' features are as of (online requests), logged with each prediction
           ) -> dict:
     "Route and score `rows` for model `name`; scores the policy's shadows too; logs every prediction; returns the answer."
     request_id, t0, p = request_id or _request_id(), time.perf_counter(), self.policy(name) or {}
@@ -160,20 +161,20 @@ def _serve(self:ServedModels, name:str, rows:list, version=None, request_id:str|
     m, reason = self.route(name, version, entity, request_id, p)
     if check is not None: check(m)
     preds = self.score(m, rows, sticky)
-    log_prediction(self.log, request_id, name, m["version"], reason, False, t0, entity, preds)
-    if p.get("shadow"): self.shadow(name, p["shadow"], m["version"], rows, sticky, entity, request_id)
+    log_prediction(self.log, request_id, name, m["version"], reason, False, t0, entity, preds, as_of)
+    if p.get("shadow"): self.shadow(name, p["shadow"], m["version"], rows, sticky, entity, request_id, as_of)
     return {"model": name, "version": m["version"], "route": reason, "predictions": preds}
 
 ServedModels.serve = _serve
 
 # %% ../../nbs/runtime/12_serving.ipynb #22605696
-def _shadow(self:ServedModels, name:str, versions:list, served:int, rows:list, sticky, entity, request_id:str):
+def _shadow(self:ServedModels, name:str, versions:list, served:int, rows:list, sticky, entity, request_id:str, as_of:int|None=None):
     "Score `rows` with each shadow version but the one that `served`; log each, never raise."
     for v in versions:
         if v == served: continue
         t1 = time.perf_counter()
-        try: log_prediction(self.log, request_id, name, v, "shadow", True, t1, entity, self.score(self.manifests[name][v], rows, sticky))
-        except Exception as e: self.log({**prediction_record(request_id, name, v, "shadow", True, ms_since(t1), entity, None), "error": str(e)})
+        try: log_prediction(self.log, request_id, name, v, "shadow", True, t1, entity, self.score(self.manifests[name][v], rows, sticky), as_of)
+        except Exception as e: self.log({**prediction_record(request_id, name, v, "shadow", True, ms_since(t1), entity, None, as_of), "error": str(e)})
 
 ServedModels.shadow = _shadow
 
@@ -194,6 +195,10 @@ ServedModels.store, ServedModels.entity_key = _store, _entity_key
 def _as_of(ts) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1e6)) if isinstance(ts, (int, float)) else ts
 
+def _as_of_us(ts) -> int|None:
+    "The row's `ts` as whole epoch µs for the prediction log, or None when it is not a number."
+    return int(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts - ts == 0 else None
+
 def _serve_online(self:ServedModels, name:str, entity, fields:dict, version=None, request_id:str|None=None) -> dict:
     "Serve the latest online feature row of `entity`, with the request's `fields` over it; the answer says which row."
     fs = self.manifest_for(name, version)["feature_set"]
@@ -207,7 +212,7 @@ def _serve_online(self:ServedModels, name:str, entity, fields:dict, version=None
     inputs = {f["name"] for f in self.manifest_for(name, version)["inputs"]}
     row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in latest.items() if k in inputs}
     answer = self.serve(name, [{**row, **fields}], version, request_id, entity=entity,
-                        check=lambda m: _same_definition(m, latest, entity))
+                        check=lambda m: _same_definition(m, latest, entity), as_of=_as_of_us(latest.get("ts")))
     answer["online"] = {"feature_set": fs["name"], fs["key"]: entity, "as_of": _as_of(latest.get("ts"))}
     return answer
 
