@@ -4,7 +4,8 @@
 
 # %% ../nbs/07_registry.ipynb #ed3b6221
 from __future__ import annotations
-import json, re, subprocess
+import hashlib, json, re, subprocess, warnings
+from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
 import mlflow
@@ -13,14 +14,16 @@ from mlflow.types.schema import ColSpec, Schema
 from mlflow.tracking import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.entities import ViewType
+from mlflow.data.meta_dataset import MetaDataset
 import nutrino_ml
 from .models import model_spec, trusted_types
 from .bundle import input_schema
 
 # %% auto #0
-__all__ = ['IDENTITY_TAG', 'POLICY_TAG', 'git_state', 'ensure_experiment', 'mlflow_signature', 'registered_version',
-           'log_and_register', 'format_registration', 'promote', 'list_models', 'rollback', 'parse_weights',
-           'set_policy', 'get_policy', 'resolve_policy']
+__all__ = ['IDENTITY_TAG', 'POLICY_TAG', 'git_state', 'ensure_experiment', 'mlflow_signature', 'run_name', 'source_tags',
+           'LakeDataset', 'lake_dataset', 'registered_version', 'log_and_register', 'format_registration', 'get_policy',
+           'model_roles', 'describe_model', 'update_descriptions', 'promote', 'list_models', 'rollback',
+           'parse_weights', 'set_policy', 'resolve_policy']
 
 # %% ../nbs/07_registry.ipynb #86ee5233
 def git_state(path:Path|str=".") -> dict:
@@ -94,6 +97,43 @@ def _log_run_contents(params:dict|None, metrics:dict|None, reports:list, lineage
     if lineage: mlflow.log_dict(lineage, "lineage.json")
     mlflow.log_artifacts(str(bundle_dir), "serving")
 
+# %% ../nbs/07_registry.ipynb #5d0c3ae9
+def run_name(name:str, git:dict, when:datetime|None=None) -> str:
+    "A training run's name: model `name`, the UTC time `when` (now) and the short commit of `git` (`git_state`)."
+    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    commit = (git["commit"][:7] + ("-dirty" if git["dirty"] else "")) if git["commit"] else "no git"
+    return f"{name} {when:%Y-%m-%d %H:%M} ({commit})"
+
+# %% ../nbs/07_registry.ipynb #44e4a88e
+def source_tags(source:str|None # what ran the training, e.g. 'pipelines/tasks/register.py' (a pipeline task); None: MLflow's guess
+               ) -> dict:
+    "MLflow's source tags for a run started by `source`: its name, and `JOB` for a pipeline task (else `LOCAL`)."
+    if not source: return {}
+    return {"mlflow.source.name": source, "mlflow.source.type": "JOB" if source.startswith("pipelines/") else "LOCAL"}
+
+# %% ../nbs/07_registry.ipynb #9f4bbf6b
+class LakeDataset(MetaDataset):
+    "Lake partitions as an MLflow dataset: metadata only, with a profile of partitions, rows and the full sha256."
+    def __init__(self, source, name:str, digest:str, profile:dict):
+        self._profile = profile
+        super().__init__(source, name=name, digest=digest)
+    @property
+    def profile(self): return self._profile
+    def to_dict(self): return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+def lake_dataset(data:dict # the extract's manifest: `{datalake_root, partitions: [{table, dt, rows, sha256}]}`
+                ) -> LakeDataset:
+    "The lake partitions of manifest `data` as an MLflow dataset, to log as a run's input."
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    parts = sorted((p["table"], p["dt"], p["sha256"]) for p in data.get("partitions", []))
+    sha = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    tables, dts = sorted({p[0] for p in parts}), sorted({p[1] for p in parts})
+    name = f"lake {'+'.join(tables) or '(no partitions)'}" + (f" {dts[0]}..{dts[-1]}" if dts else "")
+    with warnings.catch_warnings():  # a local path matches two equivalent source kinds; MLflow warns and takes one
+        warnings.simplefilter("ignore"); source = resolve_dataset_source(str(data.get("datalake_root") or "lake"))
+    profile = {"partitions": len(parts), "rows": sum(int(p.get("rows", 0)) for p in data.get("partitions", [])), "sha256": sha}
+    return LakeDataset(source, name, sha[:16], profile)
+
 # %% ../nbs/07_registry.ipynb #f4adffc9
 IDENTITY_TAG = "training_identity"
 
@@ -117,7 +157,8 @@ def log_and_register(name:str,            # model name, registered under this na
                      tags:dict|None=None, git:dict|None=None,
                      figures:list=(),     # pictures (the evaluation's PNG files) logged under figures/
                      lineage:dict|None=None, # what it was made from (`nutrino_ml.lineage.training_lineage`), logged as lineage.json
-                     identity:str|None=None  # its `nutrino_ml.lineage.training_identity`: a version holding it is returned, not registered again
+                     identity:str|None=None, # its `nutrino_ml.lineage.training_identity`: a version holding it is returned, not registered again
+                     source:str|None=None    # what ran it, the run's Source (`source_tags`), e.g. 'pipelines/tasks/register.py'
                     ) -> dict:
     "Log one training run to MLflow and register its model as a new version, unless a version holds `identity`; returns name, version, run_id, reused."
     mlflow.set_tracking_uri(tracking_uri)
@@ -126,10 +167,11 @@ def log_and_register(name:str,            # model name, registered under this na
     spec, git = model_spec(name), git if git is not None else git_state()
     exp_id = ensure_experiment(experiment, artifact_location)
     example = example[spec.inputs].reset_index(drop=True)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{name}") as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name(name, git), tags=source_tags(source)) as run:
         fingerprint = json.loads((Path(bundle_dir)/"bundle.json").read_text())["feature_set"].get("fingerprint")
         mlflow.set_tags({**_run_tags(name, git, tags), **({"feature_fingerprint": fingerprint} if fingerprint else {}),
                          **({IDENTITY_TAG: identity} if identity else {})})
+        if lineage and "data" in lineage: mlflow.log_input(lake_dataset(lineage["data"]), context="training")
         _log_run_contents(params, metrics, reports, lineage, bundle_dir, figures)
         info = _log_model(name, spec.kind, model, bundle_dir, mlflow_signature(name, example, model.predict(example)), example)
     return {"name": name, "version": int(info.registered_model_version), "run_id": run.info.run_id, "reused": False}
@@ -140,6 +182,66 @@ def format_registration(r:dict # what `log_and_register` returns
     "One line saying which version was registered, or which existing version already holds the model."
     if r.get("reused"): return f"{r['name']}: version {r['version']} already holds this model (same code, parameters and data); not registering another"
     return f"registered {r['name']} version {r['version']} (run {r['run_id']})"
+
+# %% ../nbs/07_registry.ipynb #ded02090
+POLICY_TAG = "nutrino.traffic_policy"
+
+def get_policy(client:MlflowClient, name:str) -> dict|None:
+    "The stored traffic policy of `name`, or None."
+    tag = client.get_registered_model(name).tags.get(POLICY_TAG)
+    return json.loads(tag) if tag else None
+
+# %% ../nbs/07_registry.ipynb #d5da5f48
+def _alias_rank(a:str) -> tuple:
+    return (0 if a == "production" else 1 if a.startswith("production-") else 3 if a == "rollback" else 2, a)
+
+def _shares(policy:dict|None, aliases:dict) -> tuple:
+    "`({version: percent}, [shadow versions], [policy targets no version carries])` of `policy` over `aliases` ({alias: version})."
+    if not policy: return {}, [], []
+    ver = lambda t: int(t) if t.isdigit() else aliases.get(t)
+    share, missing = {}, [t for t in [*policy["weights"], *policy["shadow"]] if ver(t) is None]
+    for t, w in policy["weights"].items():
+        if ver(t) is not None: share[ver(t)] = share.get(ver(t), 0) + w
+    return share, [v for v in dict.fromkeys(ver(t) for t in policy["shadow"]) if v is not None and v not in share], missing
+
+# %% ../nbs/07_registry.ipynb #2adcfd69
+def model_roles(client:MlflowClient, name:str) -> list:
+    "`[(role, version, note)]` of model `name`: its aliases (production first, rollback last), versions its policy sends traffic to, shadows."
+    aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+    policy = get_policy(client, name)
+    share, shadow, _ = _shares(policy, aliases)
+    sticky, said, out = f", sticky on {policy['sticky_key']}" if policy and policy.get("sticky_key") else "", set(), []
+    def note(a, v):
+        if v in share and v not in said:
+            said.add(v); return f"{share[v]:g}%" + (f" of traffic{sticky}" if len(said) == 1 else "")
+        if a == "rollback": return "" if v in shadow else "not served"
+        if not policy: return "all traffic" if a == "production" else "pinned requests only"
+        return "" if v in said else "pinned requests only"
+    for a in sorted(aliases, key=_alias_rank): out.append((a, aliases[a], note(a, aliases[a])))
+    out += [("traffic", v, note("", v)) for v in share if v not in said]
+    return out + [("shadow", v, "scores requests, answers none") for v in shadow]
+
+# %% ../nbs/07_registry.ipynb #be294f9e
+def describe_model(client:MlflowClient, name:str) -> str:
+    "Model `name`'s live versions, aliases and traffic policy in words, as its registry description says them."
+    roles = model_roles(client, name)
+    if not roles: return f"No live version: promote one with `nutrino-ml models promote {name} VERSION`."
+    text = "; ".join(f"{r}: version {v}" + (f" ({n})" if n else "") for r, v, n in roles) + "."
+    missing = _shares(get_policy(client, name), dict(client.get_registered_model(name).aliases))[2]
+    if missing: text += f" The traffic policy names {missing}, which no version carries: set it again with `nutrino-ml models route {name}`."
+    return text + " (Kept up to date by `nutrino-ml models promote`, `route` and `rollback`.)"
+
+def update_descriptions(client:MlflowClient, name:str) -> str:
+    "Write `describe_model` into model `name`'s description, and each version's role into its own; returns the model's."
+    text = describe_model(client, name)
+    client.update_registered_model(name, description=text)
+    roles = {}
+    for r, v, n in model_roles(client, name): roles.setdefault(str(v), []).append(r + (f" ({n})" if n else ""))
+    for mv in client.search_model_versions(f"name='{name}'"):
+        want = "Role: " + "; ".join(roles[str(mv.version)]) if str(mv.version) in roles else ""
+        if want != (mv.description or "") and (want or (mv.description or "").startswith("Role: ")):
+            client.update_model_version(name, mv.version, description=want)
+    return text
 
 # %% ../nbs/07_registry.ipynb #3ac28531
 _ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -153,15 +255,34 @@ def _version_of(client:MlflowClient, name:str, version) -> str:
     return str(int(version))
 
 # %% ../nbs/07_registry.ipynb #fd38a114
+def _renamed(policy:dict, gone:set, to:str="production") -> dict:
+    "Traffic `policy` with the aliases in `gone` named `to` instead, their weights added to its."
+    w = {}
+    for t, x in policy["weights"].items(): w[to if t in gone else t] = w.get(to if t in gone else t, 0) + x
+    return {**policy, "weights": w, "shadow": [s for s in dict.fromkeys(to if s in gone else s for s in policy["shadow"]) if s not in w]}
+
+def _drop_redundant(client:MlflowClient, name:str, version:str) -> list:
+    "Remove the aliases besides `production` from `version` (production's); a policy naming one names `production` instead."
+    gone = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == version and a != "production")
+    for a in gone: client.delete_registered_model_alias(name, a)
+    p = get_policy(client, name)
+    if p and set(gone) & {*p["weights"], *p["shadow"]}: client.set_registered_model_tag(name, POLICY_TAG, json.dumps(_renamed(p, set(gone))))
+    return gone
+
+# %% ../nbs/07_registry.ipynb #fe7b878c
 def promote(client:MlflowClient, name:str, version, alias:str="production") -> dict:
     "Point `alias` of model `name` at `version` ('latest' for the newest); `production`'s previous version becomes `rollback`."
     if not _ALIAS.match(alias) or alias.isdigit(): raise ValueError(f"alias {alias!r}: use lower-case letters, digits and '-', starting with a letter (e.g. production, canary)")
     version = _version_of(client, name, version)
-    previous = client.get_registered_model(name).aliases.get(alias)
-    previous = str(previous) if previous is not None else None
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    previous = aliases.get(alias)
+    if alias != "production" and aliases.get("production") == version:
+        raise ValueError(f"{name} version {version} is production; {alias!r} must name another version (promote another one to production first)")
     if alias == "production" and previous and previous != version: client.set_registered_model_alias(name, "rollback", previous)
     client.set_registered_model_alias(name, alias, version)
-    return {"name": name, "alias": alias, "version": int(version), "previous": int(previous) if previous else None}
+    removed = _drop_redundant(client, name, version) if alias == "production" else []
+    update_descriptions(client, name)
+    return {"name": name, "alias": alias, "version": int(version), "previous": int(previous) if previous else None, "removed": removed}
 
 # %% ../nbs/07_registry.ipynb #0a34e23d
 def list_models(client:MlflowClient) -> pd.DataFrame:
@@ -185,11 +306,11 @@ def rollback(client:MlflowClient, name:str) -> dict:
     back, current = aliases["rollback"], aliases.get("production")
     client.set_registered_model_alias(name, "production", back)
     if current and current != back: client.set_registered_model_alias(name, "rollback", current)
+    _drop_redundant(client, name, back)
+    update_descriptions(client, name)
     return {"name": name, "version": int(back), "previous": int(current) if current else None}
 
 # %% ../nbs/07_registry.ipynb #f65e8e33
-POLICY_TAG = "nutrino.traffic_policy"
-
 def parse_weights(text:str) -> dict:
     "`'production=90,canary=10'` as `{'production': 90.0, 'canary': 10.0}`."
     out = {}
@@ -223,13 +344,8 @@ def set_policy(client:MlflowClient, name:str, weights:dict, # model, and percent
     if sticky_key is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", sticky_key): raise ValueError(f"sticky key {sticky_key!r}: use a field name such as user_id")
     policy = {"weights": weights, "shadow": shadow, "sticky_key": sticky_key}
     client.set_registered_model_tag(name, POLICY_TAG, json.dumps(policy))
+    update_descriptions(client, name)
     return policy
-
-# %% ../nbs/07_registry.ipynb #5f606770
-def get_policy(client:MlflowClient, name:str) -> dict|None:
-    "The stored traffic policy of `name`, or None."
-    tag = client.get_registered_model(name).tags.get(POLICY_TAG)
-    return json.loads(tag) if tag else None
 
 # %% ../nbs/07_registry.ipynb #fe6a56d1
 def resolve_policy(client:MlflowClient, name:str) -> dict|None:

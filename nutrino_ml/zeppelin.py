@@ -11,9 +11,9 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 # %% auto #0
-__all__ = ['PYSPARK_INTERPRETERS', 'PYTHON_INTERPRETERS', 'SQL_INTERPRETERS', 'KINDS', 'ZeppelinError', 'split_interpreter',
-           'paragraph_kind', 'parse_note', 'read_note', 'py_string', 'uses_spark', 'note_to_notebook', 'summarize',
-           'summary_line', 'import_zeppelin']
+__all__ = ['PYSPARK_INTERPRETERS', 'PYTHON_INTERPRETERS', 'SQL_INTERPRETERS', 'KINDS', 'EDITOR_INTERPRETERS', 'ZeppelinError',
+           'split_interpreter', 'paragraph_kind', 'editor_language', 'parse_note', 'read_note', 'py_string',
+           'fill_forms', 'uses_spark', 'note_to_notebook', 'summarize', 'summary_line', 'import_zeppelin']
 
 # %% ../nbs/11_zeppelin.ipynb #1af59827
 class ZeppelinError(ValueError):
@@ -78,16 +78,28 @@ def _check_paragraph(p) -> None:
 # %% ../nbs/11_zeppelin.ipynb #34559d3d
 def _one_line(s) -> str: return " ".join((s or "").split())
 
-def _paragraph(i:int, p, default:str) -> dict:
-    "Paragraph `i` of a raw note in plain form: id, shown title, interpreter, kind and script."
+EDITOR_INTERPRETERS = {"python": "python", "sql": "sql", "markdown": "md", "scala": "spark"}
+
+def editor_language(config) -> str|None:
+    "The language of a paragraph's editor from its `config`: `editorSetting.language`, else `editorMode`'s `ace/mode/<language>`."
+    c = config if isinstance(config, dict) else {}
+    lang = c.get("editorSetting").get("language") if isinstance(c.get("editorSetting"), dict) else None
+    if not (isinstance(lang, str) and lang.strip()):
+        mode = c.get("editorMode")
+        lang = mode.strip().rsplit("/", 1)[-1] if isinstance(mode, str) else None
+    return (_one_line(lang).lower() or None) if isinstance(lang, str) else None
+
+def _paragraph(i:int, p, default:str|None) -> dict:
+    "Paragraph `i` of a raw note in plain form: id, shown title, interpreter (and what decided it), kind and script."
     try:
         _check_paragraph(p)
         intp, script = split_interpreter(p.get("text") or "")
     except ZeppelinError as e: raise ZeppelinError(f"{_label(i, p)}: {e}") from None
     title = _one_line(p.get("title")) if (p.get("config") or {}).get("title") else ""
-    name = intp or default
+    editor = editor_language(p.get("config")) if intp is None and default is None else None
+    name = intp or default or EDITOR_INTERPRETERS.get(editor, editor) or "python"
     return {"index": i, "id": p.get("id"), "title": title or None, "interpreter": name, "default": intp is None,
-            "kind": paragraph_kind(name, script), "script": script}
+            "editor": editor, "kind": paragraph_kind(name, script), "script": script}
 
 # %% ../nbs/11_zeppelin.ipynb #262f73f5
 def _check_note(raw) -> None:
@@ -99,10 +111,10 @@ def _check_note(raw) -> None:
     for k in ("name", "id"):
         if raw.get(k) is not None and not isinstance(raw[k], str): raise ZeppelinError(f"the note's '{k}' must be a string, got {_jtype(raw[k])}")
 
-def _default_interpreter(raw:dict) -> str:
-    "The interpreter of paragraphs without a `%name`: the note's `defaultInterpreterGroup`, else python."
+def _default_interpreter(raw:dict) -> str|None:
+    "The interpreter of paragraphs without a `%name`: the note's `defaultInterpreterGroup`, None when it records none."
     g = raw.get("defaultInterpreterGroup")
-    if g is None or g == "": return "python"
+    if g is None or g == "": return None
     if not isinstance(g, str) or not _GROUP.fullmatch(g):
         raise ZeppelinError(f"'defaultInterpreterGroup' must be an interpreter group name such as 'spark', got {g!r}")
     return g
@@ -140,18 +152,61 @@ def py_string(s:str) -> str:
     return '"""' + re.sub(r'"(?="|\Z)', r'\\"', body) + '"""'
 
 # %% ../nbs/11_zeppelin.ipynb #72604824
+_FORM = re.compile(r"(_)?(\$\$?)\{([^=}]*(?:=[^}]*)?)\}")
+
+def _form(m:re.Match) -> dict:
+    "A dynamic form matched by `_FORM`, parsed as Zeppelin's `Input.getInputForm` does: name, type and default (None: no default)."
+    body, note = m.group(3), m.group(2) == "$$"
+    eq = body.find("=")
+    name, value = (body[:eq], body[eq + 1:]) if eq > 0 else (body, None)
+    t = re.search(r"([^:()]*)\s*(\([^()]*\))?\s*:(.*)", name.strip(), re.S)
+    typ, arg, name = (t[1].strip(), t[2] and t[2][1:-1], t[3]) if t else (None, None, name)
+    name = re.sub(r"\s*\([^)]*\).*", "", name.strip(), flags=re.S) or name.strip()
+    form = {"form": m.group(0), "name": name, "type": typ or "textbox", "note": note, "default": None}
+    if value is None or typ not in (None, "checkbox"): return form
+    default, comma, options = value.partition(",")
+    if typ == "checkbox":
+        checked, valid = default.split("|"), [re.sub(r"\s*\(.*", "", o.strip(), flags=re.S) for o in options.split("|")] if comma else []
+        default = (arg if arg is not None else ",").join([c for c in checked if c in valid] or checked)
+    elif comma: form["type"] = "select"
+    return {**form, "default": default}
+
+def fill_forms(query:str) -> tuple:
+    "`(query, forms)`: `query` with each Zeppelin dynamic form that has a default replaced by it, and the forms found, in order."
+    forms = []
+    def put(m):
+        f = _form(m)
+        if f["form"] not in [g["form"] for g in forms]: forms.append(f)
+        return m.group(0) if f["default"] is None else f["default"]
+    return _FORM.sub(put, query), forms
+
+# %% ../nbs/11_zeppelin.ipynb #ef9d6ad8
+def _comment_text(s:str) -> str: return _one_line(s).replace("\0", "\\x00")
+
 def _commented(p:dict) -> str:
     "An unconverted paragraph: a line naming its interpreter, then its script with every line commented out."
-    how = " (the note's default interpreter)" if p["default"] else ""
-    head = f"# Zeppelin %{p['interpreter']} paragraph{how}: not converted, kept as comments"
+    if p.get("editor"): what = f"{p['editor']} paragraph (no interpreter line: its editor's language)"
+    else: what = f"%{p['interpreter']} paragraph" + (" (the note's default interpreter)" if p["default"] else "")
+    head = f"# Zeppelin {what}: not converted, kept as comments"
     lines = p["script"].replace("\0", "\\x00").splitlines()  # Python refuses NUL even in a comment
     return "\n".join([head] + [f"# {line}".rstrip() for line in lines])
+
+def _form_line(f:dict) -> str:
+    form, kind = _comment_text(f["form"]), "note form" if f["note"] else f["type"]
+    if f["default"] is None: return f"#   {_comment_text(f['name'])} ({kind}) has no default: {form} is left in the query, fill it in"
+    return f"#   {_comment_text(f['name'])} = {f['default']!r}  ({kind} {form})"
+
+def _sql(script:str) -> str:
+    "A Spark SQL paragraph as a `spark.sql` call, its dynamic forms set to their defaults under comments naming them."
+    query, forms = fill_forms(script)
+    head = ["# Zeppelin dynamic forms, set to their defaults:"] + [_form_line(f) for f in forms] if forms else []
+    return "\n".join(head + [f"spark.sql({py_string(query)}).show()"])
 
 def _paragraph_cells(p:dict) -> list:
     "The cells of one non-empty paragraph: its title as a heading, then its content."
     head, k = f"## {p['title']}" if p["title"] else "", p["kind"]
     if k == "markdown": return [new_markdown_cell("\n\n".join(filter(None, [head, p["script"]])))]
-    src = p["script"] if k == "code" else f"spark.sql({py_string(p['script'])}).show()" if k == "sql" else _commented(p)
+    src = p["script"] if k == "code" else _sql(p["script"]) if k == "sql" else _commented(p)
     return ([new_markdown_cell(head)] if head else []) + [new_code_cell(src)]
 
 # %% ../nbs/11_zeppelin.ipynb #fcc11b56

@@ -96,6 +96,7 @@ def test_online_requests_log_as_of_and_evaluate_joins_them_with_the_lake(built, 
     monkeypatch.setenv("NUTRINO_DEAD_LETTER", f"sqlite:///{tmp_path}/online.db")
     shutil.copytree(built["app"], tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(built["tmp"] / "lake", tmp_path / "lake")
+    shutil.rmtree(tmp_path / "lake" / "inference_log", ignore_errors=True)  # other tests may have collected into the shared lake
     lake = Lake(str(tmp_path / "lake"))
     tables = lake.read_lake(["users", "meals", "glucose"])
     cutoff = tables["glucose"].ts.min() + pd.Timedelta(days=3, hours=9, minutes=2)  # the stream has seen the lake up to here

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from helpers import BIN
-from nutrino_ml.zeppelin import ZeppelinError, import_zeppelin, note_to_notebook, parse_note, py_string, read_note, summary_line
+from nutrino_ml.zeppelin import ZeppelinError, fill_forms, import_zeppelin, note_to_notebook, parse_note, py_string, read_note, summary_line
 
 DATA = Path(__file__).parent / "data" / "zeppelin"
 OLD = DATA / "matplotlib-python-pyspark_0.8_note.json"
 SQL = DATA / "3. Spark SQL (PySpark)_2EWM84JXA.zpln"
 IPY = DATA / "1. IPython Basic_2EYDJKFFY.zpln"
+CHURN = DATA / "customer-churn_0.8_note.json"  # written for these tests in Zeppelin 0.8's layout: bare paragraphs, forms
+FEATS = DATA / "Churn model features_2JQ8ZK4VX.zpln"  # the same in 0.9's layout, default group spark, a note form
 SPARK_CELL = "from pyspark.sql import SparkSession"
 
 
@@ -115,7 +117,7 @@ def test_09_ipython_note(tmp_path):
 
 
 def test_layouts_read_the_same_way(tmp_path):
-    for path, layout, default in [(OLD, "0.8", "python"), (SQL, "0.9", "spark"), (IPY, "0.9", "spark")]:
+    for path, layout, default in [(OLD, "0.8", None), (SQL, "0.9", "spark"), (IPY, "0.9", "spark"), (CHURN, "0.8", None), (FEATS, "0.9", "spark")]:
         note = read_note(path)
         assert (note["layout"], note["default_interpreter"]) == (layout, default), path.name
         assert [p["index"] for p in note["paragraphs"]] == list(range(len(raw(path)["paragraphs"]))), path.name
@@ -146,9 +148,9 @@ def test_nbdev_test_skips_an_imported_notebook(tmp_path):
 
 # ---- small notes for the edge cases ----
 
-def one(text, **note):
-    """The cells (after the title cell) of a note with a single paragraph `text`."""
-    nb = note_to_notebook(parse_note({"name": "t", "paragraphs": [{"id": "p0", "text": text}], **note}))
+def one(text, config=None, **note):
+    """The cells (after the title cell) of a note with a single paragraph `text` (and `config`)."""
+    nb = note_to_notebook(parse_note({"name": "t", "paragraphs": [{"id": "p0", "text": text, **({"config": config} if config else {})}], **note}))
     nbformat.validate(nb)
     return [c for c in nb.cells[1:] if SPARK_CELL not in c.source]
 
@@ -163,6 +165,119 @@ def one(text, **note):
 def test_no_interpreter_line_uses_the_default(note, kind, source):
     [c] = one("\n  x = 1\n", **note)
     assert (c.cell_type, c.source) == (kind, source)
+
+
+SCALA = "# Zeppelin scala paragraph (no interpreter line: its editor's language): not converted, kept as comments\n# x = 1"
+
+
+@pytest.mark.parametrize("config, kind, source", [
+    pytest.param({"editorSetting": {"language": "scala"}, "editorMode": "ace/mode/scala"}, "code", SCALA, id="scala"),
+    pytest.param({"editorMode": "ace/mode/scala"}, "code", SCALA, id="scala, mode only (0.6/0.7)"),
+    pytest.param({"editorSetting": {"language": "python"}, "editorMode": "ace/mode/python"}, "code", "x = 1", id="python"),
+    pytest.param({"editorSetting": {"language": "sql"}, "editorMode": "ace/mode/sql"}, "code", 'spark.sql("""x = 1""").show()', id="sql"),
+    pytest.param({"editorSetting": {"language": "markdown"}, "editorMode": "ace/mode/markdown"}, "markdown", "x = 1", id="markdown"),
+    pytest.param({"editorSetting": {"language": "r"}, "editorMode": "ace/mode/r"}, "code",
+                 "# Zeppelin r paragraph (no interpreter line: its editor's language): not converted, kept as comments\n# x = 1", id="r"),
+    pytest.param({"editorSetting": {"language": "scala"}, "editorMode": "ace/mode/python"}, "code", SCALA, id="the language wins"),
+    pytest.param({"editorSetting": {}, "editorMode": "ace/mode/python"}, "code", "x = 1", id="mode when no language"),
+    pytest.param({"editorMode": None, "title": False}, "code", "x = 1", id="nothing recorded: python"),
+])
+def test_without_a_default_group_the_editor_decides(config, kind, source):
+    for note in ({}, {"defaultInterpreterGroup": ""}):
+        [c] = one("\n  x = 1\n", config, **note)
+        assert (c.cell_type, c.source) == (kind, source), note
+
+
+@pytest.mark.parametrize("group, kind, source", [
+    ("spark", "code", "# Zeppelin %spark paragraph (the note's default interpreter): not converted, kept as comments\n# x = 1"),
+    ("python", "code", "x = 1"), ("pyspark", "code", "x = 1"), ("md", "markdown", "x = 1"),
+])
+def test_a_default_group_beats_the_editor(group, kind, source):
+    for mode in ("python", "scala", "sql", "markdown"):
+        [c] = one("x = 1", {"editorSetting": {"language": mode}, "editorMode": f"ace/mode/{mode}"}, defaultInterpreterGroup=group)
+        assert (c.cell_type, c.source) == (kind, source), mode
+
+
+def test_a_paragraph_with_an_interpreter_line_ignores_its_editor():
+    [c] = one("%pyspark\nx = 1", {"editorMode": "ace/mode/scala"})
+    assert c.source == "x = 1"
+
+
+def test_08_note_without_default_group(tmp_path):
+    s, nb, note = convert(CHURN, tmp_path)
+    assert (s["name"], s["layout"]) == ("Analytics/Customer churn (March)", "0.8")
+    assert s["paragraphs"] == {"code": 2, "sql": 2, "markdown": 2, "unconverted": 1, "empty": 1}
+    assert (s["unconverted"], s["spark_session"], s["cells"]) == (["spark"], True, 12)
+    assert_common(nb, note)
+    src = sources(nb)
+    assert src[2].startswith("## Customer churn, March snapshot\nWhich customers")  # %md, its hidden title 'Intro' not shown
+    # bare ace/mode/scala → Scala, commented, named by its editor, after its shown title
+    assert src[3:5] == ["## Load customers", "# Zeppelin scala paragraph (no interpreter line: its editor's language): not converted, kept as comments\n"
+                        '# val customers = spark.read.parquet("s3://acme-lake/customers/")\n# customers.createOrReplaceTempView("customers")\n# customers.printSchema()']
+    assert ast.parse(src[4]).body == []
+    assert src[5:7] == ["## Active customers", 'from pyspark.sql import functions as F\nactive = spark.table("customers").where(F.col("status") == "active")\nprint(active.count())']
+    # %sql with a text box and a select: their defaults (not the last-used params 45 / paused), named in comments
+    assert src[7] == "## Churn by status"
+    assert src[8].splitlines()[:3] == ["# Zeppelin dynamic forms, set to their defaults:", "#   maxAge = '30'  (textbox ${maxAge=30})",
+                                       "#   status = 'churned'  (select ${status=churned,active|churned|paused})"]
+    assert sql_query(src[8]) == "select status, count(*) as customers, avg(balance) as balance\nfrom customers\nwhere age < 30 and status = 'churned'\ngroup by status"
+    # bare ace/mode/python → code; bare ace/mode/sql → SQL, checkbox defaults joined, a form without default kept and flagged
+    assert src[9] == 'import matplotlib\nmatplotlib.use("Agg")\nprint(matplotlib.__version__)'
+    assert src[10].splitlines()[:3] == ["# Zeppelin dynamic forms, set to their defaults:", "#   plan = 'basic,pro'  (checkbox ${checkbox:plan=basic|pro,basic|pro|enterprise})",
+                                        "#   minTenure (textbox) has no default: ${minTenure} is left in the query, fill it in"]
+    assert sql_query(src[10]) == "select plan, count(*) as churned\nfrom customers\nwhere plan in (basic,pro)\n  and tenure_months >= ${minTenure}\ngroup by plan"
+    # bare ace/mode/markdown → markdown; the trailing empty paragraph is dropped
+    assert nb.cells[11].cell_type == "markdown" and src[11] == "## Next steps\n* join the support tickets\n* compare with the February snapshot"
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "markdown", "markdown", "code", "markdown", "code", "markdown", "code", "code", "code", "markdown"]
+
+
+def test_09_note_with_default_group_spark(tmp_path):
+    s, nb, note = convert(FEATS, tmp_path)
+    assert (s["name"], s["layout"]) == ("Churn model features", "0.9")
+    assert s["paragraphs"] == {"code": 2, "sql": 1, "markdown": 1, "unconverted": 2, "empty": 0}
+    assert (s["unconverted"], s["spark_session"], s["cells"]) == (["spark", "sh"], True, 11)
+    assert_common(nb, note)
+    src = sources(nb)
+    assert src[2].startswith("# Churn model features\nFeatures for")
+    # bare paragraph, default group spark → Scala, commented as the note's default interpreter
+    assert src[3:5] == ["## Event types", "# Zeppelin %spark paragraph (the note's default interpreter): not converted, kept as comments\n"
+                        '# import org.apache.spark.sql.functions._\n# val events = spark.table("lake.events")\n# events.groupBy("event_type").count().show()']
+    assert src[5] == "## Per-customer features" and src[6].startswith("from pyspark.sql import functions as F\n\nevents = ")
+    # %spark.sql: the note form $${snapshot} and two paragraph forms (one with display names) take their defaults
+    assert src[7] == "## Feature table"
+    assert src[8].splitlines()[:4] == ["# Zeppelin dynamic forms, set to their defaults:", "#   snapshot = '2024-03-31'  (note form $${snapshot=2024-03-31})",
+                                       "#   minEvents = '5'  (textbox ${minEvents=5})", "#   segment = 'all'  (select ${segment(Segment)=all,all(All customers)|smb|enterprise})"]
+    assert sql_query(src[8]) == ("select f.customer_id, f.n_events, c.segment\nfrom features f join lake.customers c using (customer_id)\n"
+                                 "where c.snapshot_date = '2024-03-31'\n  and f.n_events >= 5\n  and c.segment = 'all'")
+    assert src[9].startswith("import pandas as pd\n")
+    assert src[10] == "# Zeppelin %sh paragraph: not converted, kept as comments\n# hdfs dfs -ls /warehouse/lake.db/features | tail -n 3"
+
+
+@pytest.mark.parametrize("query, filled, defaults", [
+    ("select ${a=1}", "select 1", [("a", "1")]),
+    ("select ${a(Alpha)=1}", "select 1", [("a", "1")]),
+    ("where c = '${c=US(United States),US(United States)|UK}'", "where c = 'US(United States)'", [("c", "US(United States)")]),
+    ("in (${checkbox:c=US|UK,US|UK|JP})", "in (US,UK)", [("c", "US,UK")]),
+    ("in ('${checkbox( or ):c(Country)=US|JP,US(United States)|UK|JP}')", "in ('US or JP')", [("c", "US or JP")]),
+    ("in (${checkbox:c=XX,US|UK})", "in (XX)", [("c", "XX")]),  # no valid default: Zeppelin keeps them as written
+    ("$${d=2024-01-01} and ${d=x}", "2024-01-01 and x", [("d", "2024-01-01"), ("d", "x")]),
+    ("${a} ${password:pw} ${text:b=1}", "${a} ${password:pw} ${text:b=1}", [("a", None), ("pw", None), ("b", None)]),
+    ("${a=1} ${a=1}", "1 1", [("a", "1")]),
+    ("t_${s=x}", "tx", [("s", "x")]),  # Zeppelin's hidden form takes the underscore with it
+    ("x = ${}", "x = ${}", [("", None)]),
+    ("no forms: $x {y} $ {z}", "no forms: $x {y} $ {z}", []),
+])
+def test_fill_forms(query, filled, defaults):
+    q, forms = fill_forms(query)
+    assert (q, [(f["name"], f["default"]) for f in forms]) == (filled, defaults)
+
+
+def test_form_comments_are_one_line_each_and_never_code():
+    [c] = one("%sql\nselect ${x=a\nb} ${y\r\n}, ${z=\0}")
+    lines = c.source.splitlines()
+    assert lines[:4] == ["# Zeppelin dynamic forms, set to their defaults:", "#   x = 'a\\nb'  (textbox ${x=a b})",
+                         "#   y (textbox) has no default: ${y } is left in the query, fill it in", "#   z = '\\x00'  (textbox ${z=\\x00})"]
+    assert sql_query(c.source) == "select a\nb ${y\r\n}, \0"
 
 
 @pytest.mark.parametrize("intp", ["sh", "angular", "spark", "jdbc", "flink.ssql", "r"])
@@ -270,7 +385,7 @@ def test_any_paragraph_text_converts_safely(intp, body):
     if not body.strip():
         assert cells == []
     elif intp.endswith("sql"):
-        assert sql_query(cells[0].source) == body.strip()
+        assert sql_query(cells[0].source) == fill_forms(body.strip())[0]
     else:
         assert ast.parse(cells[0].source).body == []
 

@@ -53,6 +53,6 @@ registered = log_and_register(
     settings.mlflow_artifact_location, params=params,
     metrics=metrics, reports=[trained["nb"], evaluated["nb"]], figures=sorted(Path(evaluated["figures"]).glob("*.png")),
     tags={"datalake_root": settings.datalake_root, "settings_profile": settings.profile}, lineage=lineage,
-    identity=training_identity(model_name, lineage, params))
+    identity=training_identity(model_name, lineage, params), source="pipelines/tasks/register.py")
 with open(product["registered"], "w") as f: json.dump(registered, f)
 print(format_registration(registered))
