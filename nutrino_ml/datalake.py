@@ -212,10 +212,12 @@ def file_schemas(self:Lake, table:str, dt:str) -> list:
     return out
 
 @patch
-def check_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None) -> list:
+def check_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None,
+                    files:list|None=None # its `file_schemas`, if already read
+                   ) -> list:
     "The unknown columns of partition `dt`'s files; `DatalakeError` for no rows, an unreadable file, a missing or mistyped column."
     spec, where, unknown = spec or TABLES[table], f"{table}/dt={dt}", []
-    files = self.file_schemas(table, dt)
+    files = self.file_schemas(table, dt) if files is None else files
     if not files: raise DatalakeError(f"{where}: no rows; a partition holds the events that landed that day (delete the folder if none did)")
     for path, schema in files:
         unknown += [c for c in check_schema(schema, spec, f"{where}, file {path.rsplit('/', 1)[-1]}") if c not in unknown]
@@ -224,13 +226,14 @@ def check_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None) -> l
 # %% ../nbs/01_datalake.ipynb #2b0f5358
 @patch
 def read_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None,
-                   times:TimeRules|None=None # the time rules to check, or None (tables whose times are not events)
+                   times:TimeRules|None=None, # the time rules to check, or None (tables whose times are not events)
+                   files:list|None=None       # its files as `check_table` checked them (else checked here)
                   ) -> pd.DataFrame:
     "Rows of one partition, validated against `spec` (the table's entry in `TABLES` by default)."
     spec, where = spec or TABLES[table], f"{table}/dt={dt}"
-    self.check_partition(table, dt, spec)
+    if files is None: self.check_partition(table, dt, spec, files := self.file_schemas(table, dt))
     frames = []
-    for path in self.partition_files(table, dt):
+    for path, _ in files:
         try: df = pq.read_table(path, filesystem=self.fs, partitioning=None).to_pandas()
         except (pa.ArrowInvalid, OSError) as e: raise DatalakeError(f"{where}, file {path.rsplit('/', 1)[-1]}: unreadable parquet ({e})") from e
         if len(df): frames.append(df.assign(**{c.name: pd.to_datetime(df[c.name], utc=True) for c in spec.columns if c.kind == "timestamp"}))
@@ -240,16 +243,17 @@ def read_partition(self:Lake, table:str, dt:str, spec:TableSpec|None=None,
 
 # %% ../nbs/01_datalake.ipynb #916b8253
 @patch
-def check_table(self:Lake, table:str, spec:TableSpec|None=None, strict:bool=False) -> list:
-    "Check every file's footer of every partition of `table` (before any value is read); its partitions. Unknown columns: warned, or refused if `strict`."
-    dts, unknown = self.partitions(table), {}
+def check_table(self:Lake, table:str, spec:TableSpec|None=None, strict:bool=False) -> dict:
+    "Check every file's footer of every partition of `table` (before any value is read); `{dt: [(path, schema)]}` of the checked files. Unknown columns: warned, or refused if `strict`."
+    dts, unknown, checked = self.partitions(table), {}, {}
     if not dts: raise DatalakeError(f"{self.table_path(table)}: no partitions; did the lake get written (nutrino-ml datalake simulate)?")
     for dt in dts:
-        for c in self.check_partition(table, dt, spec): unknown.setdefault(c, []).append(dt)
+        checked[dt] = self.file_schemas(table, dt)
+        for c in self.check_partition(table, dt, spec, checked[dt]): unknown.setdefault(c, []).append(dt)
     for c, where in unknown.items():
         _tell(f"{table}: column '{c}' is not in the table and is ignored ({len(where)} partitions, e.g. dt={where[0]}); "
               f"table '{table}' has {(spec or TABLES[table]).names}", strict)
-    return dts
+    return checked
 
 @patch
 def read_table(self:Lake, table:str, spec:TableSpec|None=None,
@@ -257,8 +261,7 @@ def read_table(self:Lake, table:str, spec:TableSpec|None=None,
                strict:bool=False          # refuse columns the table does not have (else one warning)
               ) -> pd.DataFrame:
     "All partitions of `table`, validated, with a `dt` column; an event in two partitions is an error."
-    dts = self.check_table(table, spec, strict)
-    parts = [self.read_partition(table, dt, spec, times).assign(dt=dt) for dt in dts]
+    parts = [self.read_partition(table, dt, spec, times, files).assign(dt=dt) for dt, files in self.check_table(table, spec, strict).items()]
     df = pd.concat(parts, ignore_index=True)
     key = (spec or TABLES[table]).key
     dup = df[df[key].duplicated(keep=False)]

@@ -107,13 +107,13 @@ def _spark_type(t) -> str|None:
     if pa.types.is_timestamp(t): return "timestamp"
     return "string" if not pa.types.is_null(t) else None
 
-def _read_checked(spark, lake:Lake, lake_root:str, table:str, spec:TableSpec):
-    "The checked files of `table`, read in groups of one physical schema each and cast to the table's types."
+def _read_checked(spark, lake:Lake, lake_root:str, table:str, spec:TableSpec, checked:dict):
+    "The files of `table` that `Lake.check_table` `checked`, read in groups of one physical schema each and cast to the table's types."
     from functools import reduce
     from pyspark.sql import functions as F
     groups = {}
-    for dt in lake.partitions(table):
-        for path, schema in lake.file_schemas(table, dt):
+    for files in checked.values():
+        for path, schema in files:
             types = tuple(_spark_type(schema.field(c.name).type) or _SPARK_KINDS[c.kind] for c in spec.columns)
             groups.setdefault(types, []).append(spark_path(lake_root, path[len(lake.base) + 1:]))
     frames = [spark.read.schema(", ".join([*(f"`{c.name}` {t}" for c, t in zip(spec.columns, types)), "dt string"]))
@@ -135,8 +135,8 @@ def read_lake_table_spark(spark, lake_root:str, table:str,
     if spec is None and validate: raise ValueError(f"read_lake_table_spark: no spec for table '{table}'; pass one (e.g. feature_table_spec(fset)) or validate=False")
     lake, path = lake or Lake(lake_root), spark_path(lake_root, table)
     if validate:
-        lake.check_table(table, spec, strict)  # every file's footer, before Spark reads a value
-        df = _read_checked(spark, lake, lake_root, table, spec)
+        checked = lake.check_table(table, spec, strict)  # every file's footer, before Spark reads a value
+        df = _read_checked(spark, lake, lake_root, table, spec, checked)
         validate_lake_table_spark(df, table, spec, times)
         return df
     if "://" not in lake_root and not lake.partitions(table):
