@@ -24,7 +24,7 @@ help:
 	@echo "make demo   simulate a lake, train + register both models, a forecaster canary at 10%, export, replay traffic, collect, evaluate, smoke"
 	@echo "make test   check nbs/ and nutrino_ml/ agree, run the notebooks' examples and pytest"
 	@echo "make fuzz   20,000 random requests of every route over HTTP to chalice local: no 5xx"
-	@echo "make bench  serving benchmarks vs MLflow (bench/README.md)"
+	@echo "make bench  serving benchmarks vs MLflow (bench/README.md); bench-features, bench-stream, bench-cli: see bench/README.md"
 
 $(STAMP): pyproject.toml chalice_app/requirements.txt Makefile
 	@test -x $(BIN)/python || "$$(.ci/find-python312)" -m venv $(VENV)
@@ -83,7 +83,18 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/serving/run.py
 
+# each registry command's wall, CPU and import time in fresh processes on a copy of the demo registry (after make demo)
+.PHONY: bench-cli
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli/run.py $(BENCH_CLI_ARGS)
+
 # feature extraction pandas vs Spark local[2] (10^5, 10^6 events; BENCH_FEATURES_ARGS=--big adds 10^7), Spark batch scoring vs mlflow spark_udf
+# the Kinesis feature handler per batch (100, 1,000, 10,000 records) on SQLite and on a moto DynamoDB server: records/s,
+# CPU ms and store round trips per batch, before (a worktree of the commit before) and after; about 45 min
+.PHONY: bench-stream
+bench-stream: $(STAMP)
+	$(BIN)/python bench/stream/run.py $(BENCH_STREAM_ARGS)
+
 .PHONY: bench-features
 bench-features: $(STAMP)
 	$(BIN)/python bench/features/run.py $(BENCH_FEATURES_ARGS)

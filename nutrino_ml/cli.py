@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #1c5296f6
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, os, sys, time
 from pathlib import Path
 from .config import disable_telemetry, load_settings
 
@@ -12,6 +12,10 @@ from .config import disable_telemetry, load_settings
 __all__ = ['command_group', 'make_parser', 'main', 'walk_parsers', 'command_names']
 
 # %% ../nbs/09_cli.ipynb #219c507b
+def _progress(line:str):
+    "Print one progress line of a long step to stderr (the results and the summary go to stdout)."
+    print(line, file=sys.stderr, flush=True)
+
 def _command(sub, name:str, fn, help:str) -> argparse.ArgumentParser:
     "Add command `name` to the subparsers `sub`, running `fn(settings, args)`; returns its parser, for the arguments."
     p = sub.add_parser(name, help=help, description=help)
@@ -99,7 +103,7 @@ def _client(s):
 
 def _cmd_list(s, a):
     "Print the registered versions with their aliases and metrics."
-    from nutrino_ml.registry import list_models
+    from nutrino_ml.live import list_models
     df = list_models(_client(s))
     print(df.drop(columns="run_id").to_string(index=False) if len(df) else f"no registered models in {s.mlflow_tracking_uri}")
 
@@ -111,12 +115,12 @@ def _promoted(r:dict, alias:str) -> str:
 
 def _cmd_promote(s, a):
     "Point alias `a.alias` of model `a.name` at `a.version`."
-    from nutrino_ml.registry import promote
+    from nutrino_ml.live import promote
     print(_promoted(promote(_client(s), a.name, a.version, a.alias), a.alias))
 
 def _cmd_rollback(s, a):
     "Move `production` of model `a.name` back to its `rollback` version."
-    from nutrino_ml.registry import rollback
+    from nutrino_ml.live import rollback
     r = rollback(_client(s), a.name)
     print(f"{r['name']}: production -> version {r['version']} (version {r['previous']} is now 'rollback')")
 
@@ -130,7 +134,7 @@ def _policy_line(name:str, p:dict) -> str:
 
 def _cmd_route(s, a):
     "Set the traffic policy of model `a.name`: weights, shadow versions, sticky key."
-    from nutrino_ml.registry import parse_weights, set_policy
+    from nutrino_ml.live import parse_weights, set_policy
     print(_policy_line(a.name, set_policy(_client(s), a.name, parse_weights(a.weights), a.shadow, a.sticky_key)))
 
 # %% ../nbs/09_cli.ipynb #b140c9a8
@@ -281,9 +285,13 @@ def _add_inference_log(sub):
 def _cmd_export(s, a):
     "Write the versions with an alias in `a.live` into the app's bundles, and the serving runtime into the app."
     from nutrino_ml.export import export_bundles, copy_runtime
-    ms = export_bundles(s.mlflow_tracking_uri, Path(s.bundle_dir), tuple(a.live.split(",")))
+    t0 = time.monotonic()
+    ms = export_bundles(s.mlflow_tracking_uri, Path(s.bundle_dir), tuple(a.live.split(",")), progress=_progress)
     copy_runtime(Path(s.app_dir))
     for m in ms: print(f"exported {m['name']} version {m['version']} {m['aliases']} ({m['format']}) -> {s.bundle_dir}/{m['name']}/{m['version']}")
+    models = sorted({m["name"] for m in ms})
+    print(f"export: {len(ms)} versions of {len(models)} models ({', '.join(models)}) and the serving runtime into {s.app_dir} "
+          f"in {time.monotonic() - t0:.1f} s; `chalice local` or `nutrino-ml smoke` serves them")
 
 @command_group
 def _add_export(sub):
@@ -335,12 +343,13 @@ def _add_smoke(sub):
 def _package_line(r:dict) -> str:
     "What `package` prints for `package_app`'s result `r`."
     pyc = f"; bytecode: {r['bytecode']['modules']} modules ({r['bytecode']['how']})" if r["bytecode"] else ""
-    return f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}\n{r['sam']}"
+    return (f"{r['zip']}: {r['zipped'] / 2**20:.1f} MiB zipped, {r['unzipped'] / 2**20:.1f} MiB unzipped (limits 50 / 250){pyc}, "
+            f"in {r['seconds']:.0f} s\n{r['sam']}")
 
 def _cmd_package(s, a):
     "`chalice package` the settings' app into `a.out` for stage `a.stage`, checked."
     from nutrino_ml.package import package_app
-    print(_package_line(package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode)))
+    print(_package_line(package_app(Path(s.app_dir), Path(a.out), a.stage, s.region, bytecode=not a.no_bytecode, progress=_progress)))
 
 @command_group
 def _add_package(sub):
@@ -348,6 +357,22 @@ def _add_package(sub):
     pk.add_argument("out", help="output folder (deployment.zip, sam.json)")
     pk.add_argument("--stage", default="dev", help="a stage of .chalice/config.json (default %(default)s)")
     pk.add_argument("--no-bytecode", action="store_true", help="leave out the cold path's .pyc")
+
+# %% ../nbs/09_cli.ipynb #0a937534
+def _cmd_deploy(s, a):
+    "Deploy the package in `a.out` as the CloudFormation stack `a.stack_name`; with `a.dry_run`, only print the commands."
+    from nutrino_ml.deploy import deploy_commands, run_commands
+    run_commands(deploy_commands(Path(a.out), a.stack_name, a.bucket, a.prefix, a.region or s.region), dry_run=a.dry_run)
+
+@command_group
+def _add_deploy(sub):
+    dp = _command(sub, "deploy", _cmd_deploy, "deploy what `nutrino-ml package` wrote with CloudFormation (aws cloudformation package + deploy)")
+    dp.add_argument("out", help="the folder `nutrino-ml package` wrote (sam.json, deployment.zip)")
+    dp.add_argument("--stack-name", required=True, help="the CloudFormation stack to create or update, e.g. nutrino-serving-prod")
+    dp.add_argument("--bucket", required=True, help="the S3 bucket the code is uploaded to (a name, not a URI)")
+    dp.add_argument("--prefix", default="", help="key prefix in --bucket (default: the stack name)")
+    dp.add_argument("--region", default=None, help="the AWS region (default: the settings' region)")
+    dp.add_argument("--dry-run", action="store_true", help="print the aws commands, run none")
 
 # %% ../nbs/09_cli.ipynb #46c96146
 def _lake_events(lake, last:int|None=None) -> tuple:
@@ -430,10 +455,13 @@ def _add_check_skew(fe):
 
 # %% ../nbs/09_cli.ipynb #0983bbb5
 def _cmd_features_build(s, a):
-    "Build the offline feature tables (all, or `a.feature_set`) with engine `a.engine`."
+    "Build the offline feature tables (all, or `a.feature_set`) with engine `a.engine`: steps on stderr, tables and a summary on stdout."
     from nutrino_ml.offline import build_feature_tables
-    for name, r in build_feature_tables(s, a.engine, a.feature_set or None).items():
+    t0 = time.perf_counter()
+    out = build_feature_tables(s, a.engine, a.feature_set or None, progress=_progress)
+    for name, r in out.items():
         print(f"{name}: {r['rows']} rows in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+    print(f"features build ({a.engine}): {sum(r['rows'] for r in out.values()):,} rows in {len(out)} tables, {time.perf_counter() - t0:.1f} s")
 
 @command_group
 def _add_features(sub):
@@ -445,11 +473,12 @@ def _add_features(sub):
 
 # %% ../nbs/09_cli.ipynb #55f7e6a8
 def _cmd_score(s, a):
-    "Score the offline feature table with the exported version `a.model` into `predictions_<model>`."
+    "Score the offline feature table with the exported version `a.model` into `predictions_<model>`: steps on stderr, the summary on stdout."
     from nutrino_ml.scoring import score_to_lake
-    r = score_to_lake(s, a.model, a.engine)
+    t0 = time.perf_counter()
+    r = score_to_lake(s, a.model, a.engine, progress=_progress)
     print(f"{r['model']} version {r['version']}: {r['rows']} predictions ({r['rejected']} rows refused by its schema) "
-          f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']}")
+          f"in {r['partitions']} partitions ({r['engine']}) -> {r['path']} ({time.perf_counter() - t0:.1f} s)")
 
 @command_group
 def _add_score(sub):
@@ -488,25 +517,58 @@ def _add_traffic(sub):
     tr.add_argument("--users", type=int, default=None, metavar="N", help="only the first N users of the lake (default: all)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the users drawn at each step (default %(default)s)")
 
+# %% ../nbs/09_cli.ipynb #3bcac2bb
+def _cmd_pipeline_status(s, a):
+    "Print each task of the training pipeline: when it last ran and why a build would run it (fits COLUMNS)."
+    from nutrino_ml.pipeline import format_status, pipeline_dag, pipeline_status
+    print(format_status(pipeline_status(pipeline_dag(a.pipeline, a.products))))
+
+def _cmd_pipeline_plot(s, a):
+    "Draw the training pipeline, coloured by status, into one HTML file that opens without the internet."
+    from nutrino_ml.pipeline import DEFAULT_PIPELINE_DIR, pipeline_dag, plot_pipeline
+    out = Path(a.out) if a.out else Path(a.pipeline or DEFAULT_PIPELINE_DIR)/"pipeline.html"
+    print(f"wrote {plot_pipeline(pipeline_dag(a.pipeline, a.products), out)} (it loads nothing from the internet)")
+
+@command_group
+def _add_pipeline(sub):
+    pl = _group(sub, "pipeline", "the training pipeline (pipelines/pipeline.yaml; `ploomber build` builds it)")
+    st = _command(pl, "status", _cmd_pipeline_status, "each task: when it last ran, and why a build would run it")
+    pt = _command(pl, "plot", _cmd_pipeline_plot, "draw the pipeline, coloured by status, into one offline HTML file")
+    pt.add_argument("--out", default=None, help="the HTML file to write (default: pipelines/pipeline.html)")
+    for p in (st, pt):
+        p.add_argument("--pipeline", default=None, help="the pipelines/ folder to read (this checkout's by default)")
+        p.add_argument("--products", default=None, help="where the products are (default: env.yaml's)")
+
 # %% ../nbs/09_cli.ipynb #8b166536
 def _env_pairs(pairs:list) -> dict|None:
     "`KEY=VALUE` strings as a dict, None for none; ValueError if one has no '='."
     if any("=" not in kv for kv in pairs): raise ValueError(f"--env takes KEY=VALUE, got {pairs}")
     return dict(kv.split("=", 1) for kv in pairs) if pairs else None
 
+def _sync_lines(uri:str, r:dict) -> list:
+    "What `schedule airflow --sync URI` prints for `sync_dags`'s result `r`: a line per file, then the counts."
+    base, kinds = uri.rstrip("/"), ("uploaded", "unchanged", "deleted")
+    return [f"{k} {base}/{n}" for k in kinds for n in r[k]] + [f"{base}: " + ", ".join(f"{len(r[k])} {k}" for k in kinds)]
+
 def _cmd_schedule_airflow(s, a):
-    "Write one Airflow DAG per model of the pipeline into `a.out`."
-    from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags
-    env = _env_pairs(a.env)
-    for f in airflow_dags(Path(a.pipeline or DEFAULT_PIPELINE_DIR), Path(a.out), a.project, a.venv, a.products, env):
-        print(f"wrote {f}")
+    "Write one Airflow DAG per model of the pipeline into `a.out`, and with `a.sync` make that S3 folder hold them."
+    import tempfile
+    from nutrino_ml.schedule import DEFAULT_PIPELINE_DIR, airflow_dags, s3_client, split_s3_uri, sync_dags
+    if not (a.out or a.sync): raise ValueError("give --out DIR (the Airflow dags folder), --sync s3://BUCKET/dags, or both")
+    env, _ = _env_pairs(a.env), a.sync and split_s3_uri(a.sync)
+    with tempfile.TemporaryDirectory(prefix="nutrino-dags-") as td:
+        out = Path(a.out or td)
+        for f in airflow_dags(Path(a.pipeline or DEFAULT_PIPELINE_DIR), out, a.project, a.venv, a.products, env):
+            if a.out: print(f"wrote {f}")
+        if a.sync: print(*_sync_lines(a.sync, sync_dags(out, a.sync, s3_client(s.s3_endpoint_url or s.aws_endpoint_url, s.region))), sep="\n")
 
 # %% ../nbs/09_cli.ipynb #8f132255
 @command_group
 def _add_schedule(sub):
     sc = _group(sub, "schedule", "scheduled training")
-    af = _command(sc, "airflow", _cmd_schedule_airflow, "write one Airflow DAG per model (schedule and retries from pipelines/env.yaml)")
-    af.add_argument("--out", required=True, help="the Airflow dags folder")
+    af = _command(sc, "airflow", _cmd_schedule_airflow, "write one Airflow DAG per model (schedule and retries from pipelines/schedule.yaml), into a folder or an S3 DAG bucket")
+    af.add_argument("--out", default=None, help="the Airflow dags folder to write into (with --sync: a temporary folder when left out)")
+    af.add_argument("--sync", default=None, metavar="S3_URI", help="also make this S3 folder hold the DAGs, e.g. s3://my-mwaa-bucket/dags: upload what changed, delete the DAGs of removed models, keep everything else")
     af.add_argument("--pipeline", default=None, help="the pipelines/ folder to read (this checkout's by default)")
     af.add_argument("--project", default=None, help="the checkout the tasks run in on the workers (default: this one)")
     af.add_argument("--venv", default=None, help="the project's virtualenv on the workers (default: <project>/.venv)")

@@ -49,6 +49,7 @@ class Settings:
     verdict_min_users: int         # users with an outcome that the canary and production each need before a verdict
     verdict_confidence: float      # confidence of the canary-minus-production MAE interval a verdict rests on, e.g. 0.9
     spark_master: str              # local[*], yarn, spark://host:7077, ...
+    spark_python: str              # the Python Spark's executors run ('' = the driver's interpreter)
     region: str                    # AWS region
     s3_endpoint_url: str           # '' for AWS itself, http://127.0.0.1:PORT for a local S3
     aws_endpoint_url: str          # '' for AWS itself; else where DynamoDB, Kinesis and SQS answer (a local moto server)
@@ -66,7 +67,7 @@ EMBEDDED_DEFAULTS = dict(
     online_store="sqlite:///data/online_store.db", dead_letter="sqlite:///data/online_store.db", stream_max_attempts="3", stream_max_clock_skew_s="300",
     lake_max_lateness_days="7", lake_max_clock_skew_s="300",
     verdict_min_predictions="200", verdict_min_users="6", verdict_confidence="0.9",
-    spark_master="local[*]", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="", app_log="data/logs/app.log")
+    spark_master="local[*]", spark_python="", region="eu-west-1", s3_endpoint_url="", aws_endpoint_url="", app_log="data/logs/app.log")
 
 # %% ../nbs/00_config.ipynb #4e74f7dc
 def whole_number(value:str # the text of a setting, e.g. '3'

@@ -4,14 +4,13 @@
 
 # %% ../nbs/08_export.ipynb #d812d147
 from __future__ import annotations
-import json, shutil, tempfile
+import json, shutil, tempfile, time
 from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 import nutrino_ml
 from .runtime.bundles import read_index, seal_bundle, write_index
-from .registry import resolve_policy
-from .bundle import feature_set_ref
+from .live import resolve_policy
 
 # %% auto #0
 __all__ = ['is_live', 'served_versions', 'mlflow_flavor', 'export_bundles', 'copy_runtime']
@@ -50,7 +49,9 @@ def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Pa
     try: src = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="serving", dst_path=str(tmp), tracking_uri=tracking_uri))
     except Exception as e: raise RuntimeError(f"export: {name} version {version} (run {mv.run_id}) has no serving bundle in its artifacts ({e}); was it registered by the pipeline?") from e
     meta = json.loads((src/"bundle.json").read_text())
-    meta.setdefault("feature_set", feature_set_ref(name))  # versions registered before bundles named it
+    if "feature_set" not in meta:  # a version registered before bundles named it: its spec says (this imports the training stack)
+        from nutrino_ml.bundle import feature_set_ref
+        meta["feature_set"] = feature_set_ref(name)
     (src/"bundle.json").unlink()
     shutil.move(str(src), dst)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -62,7 +63,8 @@ def _export_one(client:MlflowClient, name:str, version:int, aliases:list, dst:Pa
 # %% ../nbs/08_export.ipynb #31000eae
 def export_bundles(tracking_uri:str, # the MLflow registry to read
                    bundle_dir:Path,  # where the app reads bundles (chalice_app/chalicelib/models)
-                   live:tuple=("production", "canary") # alias families that are served
+                   live:tuple=("production", "canary"), # alias families that are served
+                   progress=None     # called with a line per version exported (e.g. `print`); None: silent
                   ) -> list:
     "Replace `bundle_dir` with a sealed bundle of every live version and each model's traffic policy; returns the manifests."
     client, bundle_dir = MlflowClient(tracking_uri), Path(bundle_dir)
@@ -71,7 +73,12 @@ def export_bundles(tracking_uri:str, # the MLflow registry to read
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=bundle_dir.parent))
     try:
-        manifests = [_export_one(client, n, v, a, stage/n/str(v), tracking_uri) for n, v, a in versions]
+        manifests = []
+        for i, (n, v, a) in enumerate(versions, 1):
+            t0 = time.monotonic()
+            manifests.append(_export_one(client, n, v, a, stage/n/str(v), tracking_uri))
+            if progress: progress(f"[{i}/{len(versions)}] {n} version {v} {a or ''} ({manifests[-1]['format']}): "
+                                  f"downloaded, checked and sealed in {time.monotonic() - t0:.1f} s")
         for n, p in policies.items(): (stage/n/"policy.json").write_text(json.dumps(p, indent=1))
         write_index(stage)  # last: it seals the manifests just written
         old = bundle_dir.with_name(bundle_dir.name + ".old")

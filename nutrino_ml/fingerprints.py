@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_fingerprints.ipynb #d352d4db
 from __future__ import annotations
-import ast, copy, functools, hashlib, json, symtable
+import ast, functools, hashlib, json, symtable
 from dataclasses import dataclass, field
 from pathlib import Path
 import nutrino_ml
@@ -47,6 +47,7 @@ class Module:
     members: dict = field(default_factory=dict)  # class name -> its @patch methods (keys of defs)
     scopes: dict = field(default_factory=dict)   # def or class name (key of defs) -> its symbol table
     package: str = ""                            # the dotted package it is in, relative to the library ('' at the top)
+    digests: dict = field(default_factory=dict, repr=False, compare=False)  # name -> `digest` of its definition, once computed
 
 def _add_definition(m:Module, node):
     if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -74,23 +75,24 @@ def sha256_text(text:str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 # %% ../nbs/12a_fingerprints.ipynb #ceab93fd
-def _without_docstrings(node):
-    node = copy.deepcopy(node)
-    for n in ast.walk(node):
-        body = getattr(n, "body", None)
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and isinstance(body[0], ast.Expr) \
-           and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            n.body = body[1:] or [ast.Pass()]
-    return node
+def _docstring_bodies(node) -> list:
+    "`(definition, its body)` of every function or class in `node` whose body starts with a docstring."
+    return [(n, n.body) for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant) and isinstance(n.body[0].value.value, str)]
 
 def digest(node) -> str:
     "sha256 of a definition's syntax tree; comments, formatting and docstrings do not count."
-    return sha256_text(ast.dump(_without_docstrings(node)))
+    found = _docstring_bodies(node)
+    try:
+        for n, body in found: n.body = body[1:] or [ast.Pass()]
+        return sha256_text(ast.dump(node))
+    finally:
+        for n, body in found: n.body = body
 
 # %% ../nbs/12a_fingerprints.ipynb #c3a6e6c8
 class Library:
     "The parsed modules of a package (`{module name: Module}`), and what each definition uses."
-    def __init__(self, modules:dict): self.modules = modules
+    def __init__(self, modules:dict): self.modules, self.used = modules, {}  # used: `uses` of each definition, once computed
     def __repr__(self): return f"Library({len(self.modules)} modules)"
 
     def resolve(self, module:str, name:str, _hops:int=0) -> tuple|None:
@@ -101,7 +103,11 @@ class Library:
         target = m.imports.get(name)
         return self.resolve(*target, _hops + 1) if target and target[1] else None
 
-    def digest(self, key:tuple) -> str: return digest(self.modules[key[0]].defs[key[1]])
+    def digest(self, key:tuple) -> str:
+        "`digest` of definition `key` = `(module, name)`, computed once per parsed file."
+        m = self.modules[key[0]]
+        if key[1] not in m.digests: m.digests[key[1]] = digest(m.defs[key[1]])
+        return m.digests[key[1]]
 
 # %% ../nbs/12a_fingerprints.ipynb #0377dcbd
 def _scope_globals(table) -> set:
@@ -129,10 +135,12 @@ def _mentions(m:Module, key:str) -> set:
 # %% ../nbs/12a_fingerprints.ipynb #db6a5b1f
 def uses(lib:Library, key:tuple) -> set:
     "Library definitions that definition `key` = `(module, name)` mentions (a class: with its @patch methods)."
+    if key in lib.used: return lib.used[key]
     module, name = key
     m = lib.modules[module]
     found = {lib.resolve(mod or module, n) for mod, n in _mentions(m, name)}
-    return (found | {(module, k) for k in m.members.get(name, [])}) - {None, key}
+    lib.used[key] = (found | {(module, k) for k in m.members.get(name, [])}) - {None, key}
+    return lib.used[key]
 
 def closure(lib:Library, roots:set, stop:set=frozenset()) -> set:
     "Definitions reachable from `roots` through what they use, never entering `stop` (except roots themselves)."
@@ -158,12 +166,17 @@ def package_dir() -> Path:
     "The folder of the `nutrino_ml` package this process imports."
     return Path(nutrino_ml.__file__).resolve().parent
 
+@functools.lru_cache(maxsize=8)
+def _library(files:tuple) -> Library:
+    "The Library of `files`: `((module, package), path, mtime_ns, size)` of each module."
+    return Library({name: _parse_file(path, mtime, size, package) for (name, package), path, mtime, size in files})
+
 def load_library(path:Path|None=None # a package folder, `package_dir()` by default
                 ) -> Library:
-    "Every module of the package at `path`, parsed (module `__init__` is named '')."
+    "Every module of the package at `path`, parsed (module `__init__` is named ''); the same object while no file changes."
     root = Path(path or package_dir())
-    files = [(module_name(p.relative_to(root)), p) for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts]
-    return Library({name: _parse_file(str(p), p.stat().st_mtime_ns, p.stat().st_size, package) for (name, package), p in files})
+    files = [(module_name(p.relative_to(root)), p, p.stat()) for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts]
+    return _library(tuple((name, str(p), st.st_mtime_ns, st.st_size) for name, p, st in files))
 
 # %% ../nbs/12a_fingerprints.ipynb #e2c8131e
 MODEL_REGISTRY = ("models", "MODELS")  # the module and name of the dict of `ModelSpec(name, ...)` entries

@@ -73,7 +73,7 @@ def _client(client_or_uri):
 def _model_version(client, name:str, version):
     "The registered version of `name` that `version` (a number, 'latest' or an alias) names."
     from mlflow.exceptions import MlflowException
-    from nutrino_ml.registry import _version_of
+    from nutrino_ml.live import _version_of
     latest = _version_of(client, name, "latest")  # a ValueError naming the registered models if `name` is not one
     if str(version).isdigit() or str(version) == "latest": return client.get_model_version(name, _version_of(client, name, version))
     try: return client.get_model_version_by_alias(name, str(version))

@@ -117,6 +117,7 @@ def copy_entity(stage:OnlineStore, target:OnlineStore, entity:str, feature_sets:
     for t in _tables(feature_sets):
         if evs := stage.events(t, entity): target.put_events(t, entity, evs, TABLES[t].key)
         if t != "users" and (top := stage.newest_ts(t, entity)) is not None: target.prune(t, entity, top - retention_us)
+    if head := stage.heads([entity]).get(entity): target.put_head(entity, head)  # the stream reads the entity's window from it
     return {n: _copy_rows(stage, target, fs, entity, retention_us) for n, fs in feature_sets.items()}
 
 # %% ../nbs/14_materialize.ipynb #7b85af27

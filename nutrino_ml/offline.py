@@ -4,13 +4,14 @@
 
 # %% ../nbs/03_offline.ipynb #91faa6c6
 from __future__ import annotations
+import time
 import numpy as np, pandas as pd
 from .datalake import Column, Lake, TableSpec, TimeRules
 from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity, feature_fingerprint, split_by
 
 # %% auto #0
 __all__ = ['frame_columns', 'conform', 'build_features', 'training_rows', 'time_split', 'feature_table', 'feature_table_spec',
-           'with_dt', 'write_table_pandas', 'feature_sets', 'check_engine', 'build_tables_pandas',
+           'with_dt', 'write_table_pandas', 'feature_sets', 'check_engine', 'counted', 'build_tables_pandas',
            'build_feature_tables', 'build_feature_frames']
 
 # %% ../nbs/03_offline.ipynb #7d3db2bc
@@ -95,14 +96,25 @@ def check_engine(engine:str) -> str:
     if engine not in ("pandas", "spark"): raise ValueError(f"engine must be 'pandas' or 'spark', got {engine!r}")
     return engine
 
+# %% ../nbs/03_offline.ipynb #e4813adb
+def counted(n:int, noun:str) -> str:
+    "`n` (with thousands separators) and `noun`, plural unless `n` is 1."
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
 # %% ../nbs/03_offline.ipynb #2e47d77f
-def build_tables_pandas(settings, fsets:list) -> dict:
+def build_tables_pandas(settings, fsets:list,
+                        progress=None # a callable taking one line per step, e.g. print; None: silent
+                       ) -> dict:
     "Build the offline tables of `fsets` with pandas; per feature set: table, path, rows, partitions."
-    lake, out = Lake(settings.datalake_root, settings.s3_endpoint_url, settings.region), {}
+    say, out = progress or (lambda m: None), {}
+    lake, t0 = Lake(settings.datalake_root, settings.s3_endpoint_url, settings.region), time.perf_counter()
     raw = lake.read_lake(list(dict.fromkeys(t for f in fsets for t in f.tables)), TimeRules.from_settings(settings))
+    say("lake: read and checked " + ", ".join(f"{t} {counted(df.dt.nunique(), 'partition')} ({counted(len(df), 'row')})" for t, df in raw.items()) + f" ({time.perf_counter() - t0:.1f} s)")
     for f in fsets:
-        df = with_dt(build_features(f, {t: raw[t] for t in f.tables}))
-        dts = write_table_pandas(df, lake, feature_table(f))
+        t0 = time.perf_counter(); df = with_dt(build_features(f, {t: raw[t] for t in f.tables}))
+        say(f"computed {f.name}: {counted(len(df), 'row')} ({time.perf_counter() - t0:.1f} s)")
+        t0 = time.perf_counter(); dts = write_table_pandas(df, lake, feature_table(f))
+        say(f"wrote {feature_table(f)}: {counted(len(df), 'row')} in {counted(len(dts), 'partition')} ({time.perf_counter() - t0:.1f} s)")
         out[f.name] = {"table": feature_table(f), "path": lake.table_path(feature_table(f)), "rows": len(df), "partitions": dts, "engine": "pandas"}
     return out
 
@@ -110,13 +122,14 @@ def build_tables_pandas(settings, fsets:list) -> dict:
 def build_feature_tables(settings,               # `Settings`: the lake, and the Spark master
                          engine:str="spark",     # spark | pandas
                          names:list|None=None,   # feature sets to build; all by default
-                         spark=None              # a running session to use (else one is started and stopped)
+                         spark=None,             # a running session to use (else one is started and stopped)
+                         progress=None           # a callable taking one line per step, e.g. print; None: silent
                         ) -> dict:
     "Build the offline feature tables from the lake and write them into it; per feature set: table, path, rows, partitions."
     fsets = feature_sets(names)
-    if check_engine(engine) == "pandas": return build_tables_pandas(settings, fsets)
+    if check_engine(engine) == "pandas": return build_tables_pandas(settings, fsets, progress)
     from nutrino_ml.spark import build_tables_spark
-    return build_tables_spark(settings, fsets, spark)
+    return build_tables_spark(settings, fsets, spark, progress)
 
 # %% ../nbs/03_offline.ipynb #5e13f8bf
 def _row_order(fset:FeatureSet) -> list:

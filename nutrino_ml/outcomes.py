@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 from .datalake import Column, Lake, TableSpec, validate_frame
 from .offline import build_features, frame_columns
 from .runtime.features import MEAL_RESPONSE, clean_events, glucose_forecast_for_user, interpolate_at, window_params
-from .registry import get_policy, promote, set_policy
+from .live import get_policy, promote, set_policy
 
 # %% auto #0
 __all__ = ['MEAL_MATCH_MIN', 'OUTCOME_RULES', 'VERDICTS', 'OUTCOME_EVAL', 'logged_predictions', 'forecast_outcomes',

@@ -4,13 +4,13 @@
 
 # %% ../nbs/08a_package.ipynb #9946a6ef
 from __future__ import annotations
-import importlib.util, json, os, py_compile, re, shutil, subprocess, sys, tempfile, zipfile
+import contextlib, importlib.util, json, os, py_compile, re, shutil, subprocess, sys, tempfile, time, zipfile
 from pathlib import Path
 from .config import TELEMETRY_OFF, find_settings_file, load_settings
 
 # %% auto #0
 __all__ = ['LIMITS', 'COLD_PATH', 'PackageError', 'zip_sizes', 'check_limits', 'lambda_handlers', 'cold_path_modules',
-           'add_bytecode', 'stream_merge_template', 'pin_arns', 'package_app']
+           'add_bytecode', 'stream_merge_template', 'pin_arns', 'Phases', 'package_app']
 
 # %% ../nbs/08a_package.ipynb #73af0681
 class PackageError(RuntimeError):
@@ -187,18 +187,58 @@ def pin_arns(sam_path:Path) -> int:
     return n
 
 # %% ../nbs/08a_package.ipynb #a0033d78
+class Phases:
+    "Named, timed phases; each says when it starts and what it did (its counts, its seconds) through `progress`."
+    def __init__(self, progress=None, # called with one line per event (e.g. `print`); None: silent
+                 total:int=0):        # how many phases to expect, for `[i/total]`
+        self.progress, self.total, self.done = progress, total, {}
+
+    def _say(self, line:str):
+        if self.progress: self.progress(line)
+
+    @contextlib.contextmanager
+    def __call__(self, name:str, doing:str):
+        "A phase `name` (`doing` says what it does); put its counts into the dict it yields, e.g. `{'files': 3}`."
+        i, info, t0 = len(self.done) + 1, {}, time.perf_counter()
+        self._say(f"[{i}/{self.total}] {doing} ...")
+        try: yield info
+        except BaseException:
+            self._say(f"[{i}/{self.total}] {name}: failed after {time.perf_counter() - t0:.1f} s")
+            raise
+        self.done[name] = {**info, "seconds": round(time.perf_counter() - t0, 2)}
+        self._say(f"[{i}/{self.total}] {name}: " + "".join(f"{v} {k}, " for k, v in info.items()) + f"{self.done[name]['seconds']:.1f} s")
+
+# %% ../nbs/08a_package.ipynb #0649b9be
+def _package(app_dir:Path, out:Path, stage:str, region:str|None, phase:Phases) -> str:
+    "Copy the app and `chalice package` it into `out`, in two phases; chalice's log."
+    with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
+        with phase("copy", f"copying {app_dir.name} without bytecode or chalice's local state") as p:
+            src = _app_copy(app_dir, Path(td)/"app")
+            p["files"] = sum(1 for f in src.rglob("*") if f.is_file())
+        with phase("chalice package", f"chalice package --stage {stage} (fetching the Lambda dependencies: about a minute)") as p:
+            log = _chalice_package(src, out, stage, _chalice_env(app_dir, region))
+            p["MiB zipped"] = round((out/"deployment.zip").stat().st_size / 2**20, 1)
+    return log
+
 def package_app(app_dir:Path,        # the Chalice app (app.py, .chalice/, chalicelib/, vendor/)
                 out:Path,            # where deployment.zip and sam.json go
                 stage:str="dev",     # a stage of .chalice/config.json
                 region:str|None=None, # AWS region for chalice (it needs one even offline)
-                bytecode:bool=True   # compile the cold path into the zip
+                bytecode:bool=True,  # compile the cold path into the zip
+                progress=None        # called with one line as each phase starts and ends (e.g. `print`); None: silent
                ) -> dict:
     "`chalice package` the app into `out`, refusing a package with a missing dependency or over the limits; adds the cold path's bytecode."
-    app_dir, out = Path(app_dir).resolve(), Path(out).resolve()
-    with tempfile.TemporaryDirectory(prefix="nutrino-chalice-") as td:
-        log = _chalice_package(_app_copy(app_dir, Path(td)/"app"), out, stage, _chalice_env(app_dir, region))
-    _missing_dependencies(log)
-    pin_arns(out/"sam.json")  # the policies name the deploying account and region, not any
-    zip_path = out/"deployment.zip"
-    pyc = add_bytecode(zip_path, handlers=lambda_handlers(out/"sam.json")) if bytecode else None
-    return {"zip": str(zip_path), "sam": str(out/"sam.json"), **check_limits(zip_path), "bytecode": pyc, "log": log}
+    app_dir, out, t0 = Path(app_dir).resolve(), Path(out).resolve(), time.perf_counter()
+    phase = Phases(progress, 4 if bytecode else 3)
+    log, zip_path, pyc = _package(app_dir, out, stage, region, phase), out/"deployment.zip", None
+    with phase("checks", "checking the dependencies and chalice deploy's size limits") as p:
+        _missing_dependencies(log)
+        p["IAM resources pinned"] = pin_arns(out/"sam.json")  # the policies name the deploying account and region, not any
+        sizes = check_limits(zip_path)
+        p["MiB unzipped"] = round(sizes["unzipped"] / 2**20, 1)
+    if bytecode:
+        with phase("bytecode", "compiling the cold path into the zip (runs the package once)") as p:
+            pyc = add_bytecode(zip_path, handlers=lambda_handlers(out/"sam.json"))
+            p["modules"] = pyc["modules"]
+    return {"zip": str(zip_path), "sam": str(out/"sam.json"), **sizes, "bytecode": pyc, "log": log,
+            "phases": phase.done, "seconds": round(time.perf_counter() - t0, 2)}

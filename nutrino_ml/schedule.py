@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_schedule.ipynb #554a8d99
 from __future__ import annotations
-import datetime, shlex, warnings
+import datetime, functools, hashlib, shlex
 from pathlib import Path
 from string import Template
 import yaml
@@ -12,11 +12,14 @@ from ploomber.spec import DAGSpec
 from ploomber.constants import TaskStatus
 import nutrino_ml
 from .config import TELEMETRY_OFF
+from .runtime.online import aws_client
+from botocore.exceptions import BotoCoreError, ClientError
 
 # %% auto #0
-__all__ = ['DEFAULT_PIPELINE_DIR', 'SCHEDULE_KEYS', 'SCHEDULE_DEFAULTS', 'AIRFLOW_PRESETS', 'read_env', 'pipeline_graph',
-           'pipeline_models', 'model_tasks', 'schedule_config', 'build_task', 'task_command', 'dag_id', 'dag_source',
-           'verdict_commands', 'verdict_dag_source', 'settings_env', 'airflow_dags']
+__all__ = ['DEFAULT_PIPELINE_DIR', 'SCHEDULE_KEYS', 'SCHEDULE_DEFAULTS', 'AIRFLOW_PRESETS', 'read_env', 'read_schedule',
+           'pipeline_graph', 'pipeline_models', 'model_tasks', 'schedule_config', 'build_task', 'task_command',
+           'dag_id', 'dag_source', 'verdict_commands', 'verdict_dag_source', 'settings_env', 'airflow_dags',
+           'split_s3_uri', 's3_client', 'local_dags', 'remote_dags', 'sync_dags']
 
 # %% ../nbs/12_schedule.ipynb #a378303e
 DEFAULT_PIPELINE_DIR = Path(nutrino_ml.__file__).resolve().parents[1]/"pipelines"  # this checkout's
@@ -26,15 +29,20 @@ def read_env(pipeline_dir:Path) -> dict:
     f = Path(pipeline_dir)/"env.yaml"
     return yaml.safe_load(f.read_text()) if f.is_file() else {}
 
+def read_schedule(pipeline_dir:Path) -> dict:
+    "The schedule settings in `pipeline_dir`'s `schedule.yaml` (`{}` without one); refuses a `schedule:` block left in env.yaml."
+    if "schedule" in read_env(pipeline_dir):
+        raise ValueError(f"schedule: {Path(pipeline_dir)/'env.yaml'} has a schedule: block; move its keys into {Path(pipeline_dir)/'schedule.yaml'} (Ploomber warns about it in env.yaml)")
+    f = Path(pipeline_dir)/"schedule.yaml"
+    return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
+
 # %% ../nbs/12_schedule.ipynb #92071677
 def _pipeline_dag(pipeline_dir:Path, products:Path|None=None):
     "The Ploomber DAG of pipeline.yaml in `pipeline_dir` with its env.yaml, writing into `products` when given."
     spec = Path(pipeline_dir)/"pipeline.yaml"
     if not spec.is_file(): raise FileNotFoundError(f"schedule: no pipeline.yaml in {Path(pipeline_dir).resolve()}; pass the pipelines/ folder of a checkout")
     env = {**read_env(pipeline_dir), **({"products": str(products)} if products else {})}
-    with warnings.catch_warnings():  # env.yaml's schedule: block is for us, not for a task
-        warnings.filterwarnings("ignore", "The following placeholders are declared in the environment but unused", UserWarning)
-        return DAGSpec(str(spec), env=env).to_dag()
+    return DAGSpec(str(spec), env=env).to_dag()
 
 def pipeline_graph(pipeline_dir:Path # folder holding pipeline.yaml and env.yaml
                   ) -> dict:
@@ -68,7 +76,7 @@ def _check_cron(value, model):
     raise ValueError(f"schedule: {model}: schedule {value!r} is neither a 5-field cron expression, an Airflow preset {AIRFLOW_PRESETS} nor null")
 
 # %% ../nbs/12_schedule.ipynb #81065605
-def schedule_config(block:dict|None,      # the `schedule:` block of env.yaml
+def schedule_config(block:dict|None,      # the schedule settings, from `read_schedule`
                     model:str,            # the model whose settings to return
                     overrides:dict|None=None # keys that win over the block, for every model
                    ) -> dict:
@@ -78,7 +86,7 @@ def schedule_config(block:dict|None,      # the `schedule:` block of env.yaml
     conf = {**SCHEDULE_DEFAULTS, **block, **per_model, **(overrides or {})}
     unknown, missing = sorted(set(conf) - set(SCHEDULE_KEYS)), [k for k in ("schedule", "start_date") if k not in conf]
     if unknown: raise ValueError(f"schedule: {model}: unknown keys {unknown}; known keys: {list(SCHEDULE_KEYS)}")
-    if missing: raise ValueError(f"schedule: {model}: missing {missing}; add them to the schedule: block of pipelines/env.yaml")
+    if missing: raise ValueError(f"schedule: {model}: missing {missing}; add them to pipelines/schedule.yaml")
     try: start = datetime.date.fromisoformat(str(conf["start_date"]))
     except ValueError: raise ValueError(f"schedule: {model}: start_date {conf['start_date']!r} is not a date; write it as 'YYYY-MM-DD' (UTC)") from None
     return {**conf, "schedule": _check_cron(conf["schedule"], model), "verdict": _check_cron(conf["verdict"], model),
@@ -250,11 +258,11 @@ def _remove_stale(out_dir:Path, keep:list):
 
 # %% ../nbs/12_schedule.ipynb #10403d67
 def _check_models(graph:dict, block:dict, pipeline_dir:Path) -> list:
-    "The models of `graph`; raises when it has none, or when the schedule `block` names a model it does not register."
+    "The models of `graph`; raises when it has none, or when the schedule settings `block` name a model it does not register."
     models = pipeline_models(graph)
     if not models: raise ValueError(f"schedule: {pipeline_dir/'pipeline.yaml'} has no register-<model> task, so no model to schedule")
     unknown = sorted(set(block.get("models") or {}) - set(models))
-    if unknown: raise ValueError(f"schedule: env.yaml's schedule.models names {unknown}, which the pipeline does not register; models: {models}")
+    if unknown: raise ValueError(f"schedule: schedule.yaml names models {unknown} that the pipeline does not register; its models: {models}")
     return models
 
 # %% ../nbs/12_schedule.ipynb #e1096904
@@ -265,17 +273,17 @@ def _run_paths(pipeline_dir:Path, project_dir:Path|None, venv:Path|None, product
     return run_dir, venv, Path(products_dir or run_dir/"products").absolute()
 
 # %% ../nbs/12_schedule.ipynb #97f17ca6
-def airflow_dags(pipeline_dir:Path,            # folder with pipeline.yaml and env.yaml to read (`DEFAULT_PIPELINE_DIR`)
+def airflow_dags(pipeline_dir:Path,            # folder with pipeline.yaml, env.yaml and schedule.yaml to read (`DEFAULT_PIPELINE_DIR`)
                  out_dir:Path,                 # the Airflow dags folder to write into
                  project_dir:Path|None=None,   # the checkout the tasks run in; pipeline_dir's parent by default
                  venv:Path|None=None,          # the project's virtualenv; <project_dir>/.venv by default
                  products_dir:Path|None=None,  # products, one subfolder per model; <project_dir>/<pipelines>/products by default
                  env:dict|None=None,           # more variables for every task, e.g. `settings_env(os.environ)`
-                 schedule:dict|None=None       # overrides of the schedule: block for every model
+                 schedule:dict|None=None       # overrides of schedule.yaml's keys for every model
                 ) -> list:
     "Write one Airflow DAG file per model of the pipeline in `pipeline_dir` into `out_dir` (and a verdict DAG per model with a `verdict` schedule); returns their paths."
     pipeline_dir = Path(pipeline_dir).resolve()
-    graph, block = pipeline_graph(pipeline_dir), read_env(pipeline_dir).get("schedule") or {}
+    graph, block = pipeline_graph(pipeline_dir), read_schedule(pipeline_dir)
     models = _check_models(graph, block, pipeline_dir)
     run_dir, venv, products_dir = _run_paths(pipeline_dir, project_dir, venv, products_dir)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,3 +296,60 @@ def airflow_dags(pipeline_dir:Path,            # folder with pipeline.yaml and e
             written[-1].write_text(verdict_dag_source(m, conf, run_dir, venv, env))
     _remove_stale(out_dir, written)
     return written
+
+# %% ../nbs/12_schedule.ipynb #52b3c9e9
+_GENERATED = "# Generated by nutrino_ml.schedule"  # the first line of every DAG file written here
+_OWNER = {"generated-by": "nutrino_ml.schedule"}   # the metadata that marks an object as ours
+
+def split_s3_uri(uri:str) -> tuple:
+    "`(bucket, key prefix)` of `s3://bucket/some/prefix`; the prefix ends with '/' unless it is empty."
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket: raise ValueError(f"schedule: {uri!r} is not an S3 URI; write it as s3://BUCKET/dags")
+    return bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+@functools.cache
+def s3_client(endpoint_url:str="", # '' for AWS, http://127.0.0.1:PORT for a local server (moto)
+              region:str=""        # the bucket's region; '' for boto3's default
+             ):
+    "The S3 client of the DAG bucket, made on first use and kept."
+    return aws_client("s3", region, endpoint_url)
+
+# %% ../nbs/12_schedule.ipynb #27b3fac1
+def _dag_name(name:str) -> bool: return name.startswith(("nutrino_train_", "nutrino_verdict_")) and name.endswith(".py") and "/" not in name
+
+def local_dags(local_dir:Path) -> dict:
+    "`{file name: content}` of the DAG files `airflow_dags` wrote in `local_dir`."
+    files = [f for f in sorted(Path(local_dir).glob("nutrino_*.py")) if _dag_name(f.name)]
+    return {f.name: b for f in files if (b := f.read_bytes()).startswith(_GENERATED.encode())}
+
+def remote_dags(s3, bucket:str, prefix:str) -> dict:
+    "`{file name: metadata}` of the objects directly under `prefix` in `bucket` that are named like our DAG files."
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+    names = [o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])]
+    return {n: s3.head_object(Bucket=bucket, Key=prefix + n)["Metadata"] for n in names if _dag_name(n)}
+
+# %% ../nbs/12_schedule.ipynb #ce64b8cb
+def _upload(s3, bucket:str, prefix:str, name:str, data:bytes):
+    "Put DAG file `name` with content `data` under `prefix`, marked as ours and with its sha256."
+    s3.put_object(Bucket=bucket, Key=prefix + name, Body=data, ContentType="text/x-python",
+                  Metadata={**_OWNER, "sha256": hashlib.sha256(data).hexdigest()})
+
+def _sync(s3, bucket:str, prefix:str, local:dict) -> dict:
+    remote = remote_dags(s3, bucket, prefix)
+    changed = [n for n, b in local.items() if remote.get(n, {}).get("sha256") != hashlib.sha256(b).hexdigest()]
+    for n in changed: _upload(s3, bucket, prefix, n, local[n])
+    gone = sorted(n for n, meta in remote.items() if n not in local and meta.get("generated-by") == _OWNER["generated-by"])
+    for n in gone: s3.delete_object(Bucket=bucket, Key=prefix + n)
+    return {"uploaded": changed, "unchanged": [n for n in local if n not in changed], "deleted": gone}
+
+def sync_dags(local_dir:Path, # the folder `airflow_dags` wrote
+              s3_uri:str,     # the environment's DAG folder, e.g. s3://my-mwaa-bucket/dags
+              s3              # a boto3 S3 client, e.g. `s3_client(endpoint_url, region)`
+             ) -> dict:
+    "Make `s3_uri` hold the DAGs of `local_dir`: upload the changed ones, delete ours that are gone; `{uploaded, unchanged, deleted}` file names."
+    bucket, prefix = split_s3_uri(s3_uri)
+    local = local_dags(local_dir)
+    if not local: raise FileNotFoundError(f"schedule: no generated DAG files in {local_dir}; write them with airflow_dags first (syncing none would delete every DAG of ours in {s3_uri})")
+    try: return _sync(s3, bucket, prefix, local)
+    except (BotoCoreError, ClientError) as e:
+        raise RuntimeError(f"schedule: syncing {local_dir} to {s3_uri} failed: {e}; check the bucket and that the role may list, get, put and delete objects there") from None

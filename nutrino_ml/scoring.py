@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_scoring.ipynb #f5ab61e0
 from __future__ import annotations
-import hashlib, tempfile
+import hashlib, tempfile, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from .datalake import Column, DatalakeError, Lake, TableSpec
@@ -13,7 +13,7 @@ from .runtime.errors import InputError
 from .runtime.features import FEATURE_SETS, FeatureSet
 from .runtime.schema import validate_rows
 from .runtime.serving import ServedModels
-from .offline import feature_table, feature_table_spec, check_engine, with_dt, write_table_pandas
+from .offline import counted, feature_table, feature_table_spec, check_engine, with_dt, write_table_pandas
 
 # %% auto #0
 __all__ = ['fset_of', 'score_columns', 'json_rows_of', 'predict_checked', 'checked_columns', 'score_frame', 'bundle_files',
@@ -154,41 +154,48 @@ def predictions_spec(name:str, fset:FeatureSet) -> TableSpec:
                                                Column("version", "int", 1, 1e9), Column("error", "string", nullable=True)), ids[0].name)
 
 # %% ../nbs/03b_scoring.ipynb #66669906
-def _score_spark_to_lake(settings, name:str, m:dict, fset:FeatureSet, spark) -> dict:
-    root = settings.datalake_root
+def _score_spark_to_lake(settings, name:str, m:dict, fset:FeatureSet, spark, say) -> dict:
+    root, table = settings.datalake_root, predictions_table(name)
     from nutrino_ml.spark import partition_counts, read_lake_table_spark, write_table_spark
-    feats = read_lake_table_spark(spark, root, feature_table(fset), feature_table_spec(fset))
+    t0 = time.perf_counter(); feats = read_lake_table_spark(spark, root, feature_table(fset), feature_table_spec(fset))
+    say(f"read and checked {feature_table(fset)} ({time.perf_counter() - t0:.1f} s)")
     preds = with_dt(score_spark(spark, feats, settings.bundle_dir, name, m["version"], fset)).persist()
     try:
-        counts = partition_counts(preds)
-        rejected = preds.where("error IS NOT NULL").count()
-        path = write_table_spark(preds, root, predictions_table(name))
+        t0 = time.perf_counter(); counts, rejected = partition_counts(preds), preds.where("error IS NOT NULL").count()
+        say(f"scored {counted(sum(counts.values()), 'row')} with {name} version {m['version']}, {rejected:,} refused by its schema ({time.perf_counter() - t0:.1f} s)")
+        t0 = time.perf_counter(); path = write_table_spark(preds, root, table)
+        say(f"wrote {table}: {counted(len(counts), 'partition')} ({time.perf_counter() - t0:.1f} s)")
     finally: preds.unpersist()
     return {"path": path, "rows": sum(counts.values()), "rejected": rejected, "partitions": sorted(counts)}
 
-def _score_pandas_to_lake(settings, name:str, m:dict, fset:FeatureSet, served:ServedModels) -> dict:
-    lake = Lake(settings.datalake_root, settings.s3_endpoint_url, settings.region)
-    feats = lake.read_table(feature_table(fset), feature_table_spec(fset))
-    preds = with_dt(score_frame(feats, served.predictor(m), m, fset))
-    dts = write_table_pandas(preds, lake, predictions_table(name))
-    return {"path": lake.table_path(predictions_table(name)), "rows": len(preds), "rejected": int(preds.error.notna().sum()), "partitions": dts}
+def _score_pandas_to_lake(settings, name:str, m:dict, fset:FeatureSet, served:ServedModels, say) -> dict:
+    lake, table = Lake(settings.datalake_root, settings.s3_endpoint_url, settings.region), predictions_table(name)
+    t0 = time.perf_counter(); feats = lake.read_table(feature_table(fset), feature_table_spec(fset))
+    say(f"read and checked {feature_table(fset)}: {counted(len(feats), 'row')} in {counted(feats.dt.nunique(), 'partition')} ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter(); preds = with_dt(score_frame(feats, served.predictor(m), m, fset))
+    rejected = int(preds.error.notna().sum())
+    say(f"scored {counted(len(preds), 'row')} with {name} version {m['version']}, {rejected:,} refused by its schema ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter(); dts = write_table_pandas(preds, lake, table)
+    say(f"wrote {table}: {counted(len(dts), 'partition')} ({time.perf_counter() - t0:.1f} s)")
+    return {"path": lake.table_path(table), "rows": len(preds), "rejected": rejected, "partitions": dts}
 
 # %% ../nbs/03b_scoring.ipynb #2627a21c
 def score_to_lake(settings,            # `Settings`: the lake, the exported bundles (bundle_dir), the Spark master
                   name_at_alias:str,   # NAME, NAME@ALIAS or NAME@VERSION
                   engine:str="spark",  # spark | pandas
-                  spark=None           # a running session to use (else one is started and stopped)
+                  spark=None,          # a running session to use (else one is started and stopped)
+                  progress=None        # a callable taking one line per step, e.g. print; None: silent
                  ) -> dict:
     "Score the model's offline feature table with its exported version and write `predictions_<model>`; model, version, rows, rejected, where."
     name, version = parse_model_ref(name_at_alias)
     served = ServedModels(Path(settings.bundle_dir), log=lambda record: None)
-    m = served.resolve(name, version)
+    m, say = served.resolve(name, version), progress or (lambda line: None)
     fset = fset_of(m)
     try:
-        if check_engine(engine) == "pandas": r = _score_pandas_to_lake(settings, name, m, fset, served)
+        if check_engine(engine) == "pandas": r = _score_pandas_to_lake(settings, name, m, fset, served, say)
         else:
             from nutrino_ml.spark import spark_session_for
-            with spark_session_for(settings, spark) as s: r = _score_spark_to_lake(settings, name, m, fset, s)
+            with spark_session_for(settings, spark, progress) as s: r = _score_spark_to_lake(settings, name, m, fset, s, say)
     except DatalakeError as e:
         if "no partitions" not in str(e): raise
         raise DatalakeError(f"{feature_table(fset)}: no offline feature table in {settings.datalake_root}; build it first: nutrino-ml features build --engine {engine}") from None

@@ -4,20 +4,29 @@
 
 # %% ../nbs/03a_spark.ipynb #1051b9fc
 from __future__ import annotations
-import hashlib, os, re, sys, tempfile, warnings
-from contextlib import contextmanager
+import dataclasses, hashlib, json, os, re, sys, tempfile, threading, time, uuid, warnings, zipfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 import numpy as np, pandas as pd
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+from pyarrow import fs as pafs
+import nutrino_ml
 from .datalake import Column, DatalakeError, DatalakeWarning, Lake, TableSpec, TABLES, TimeRules, check_times, tell_unknown_users, validate_frame
 from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity
-from .offline import conform, feature_table, frame_columns, with_dt
+from .offline import conform, counted, feature_table, with_dt
 
 # %% auto #0
-__all__ = ['PANDAS_WARNING', 'WORKER_WARNINGS', 'local_cores', 'spark_conf', 'quiet_pyspark_warnings', 'spark_session',
-           'spark_path', 'validate_lake_table_spark', 'read_lake_table_spark', 'spark_schema', 'require_utc',
-           'union_tables', 'entity_features', 'build_features_spark', 'write_table_spark', 'write_feature_table',
-           'spark_session_for', 'spark_with_dt', 'partition_counts', 'check_users_spark', 'build_tables_spark',
-           'feature_frames_spark']
+__all__ = ['PANDAS_WARNING', 'WORKER_WARNINGS', 'LOG4J2', 'JVM_NOISE', 'DAY_US', 'SUMMARY', 'FLUSH_ROWS', 'local_cores',
+           'spark_conf', 'quiet_jvm_logs', 'jvm_stderr_filtered', 'worker_python', 'library_zip',
+           'quiet_pyspark_warnings', 'spark_session', 'spark_path', 'validate_lake_table_spark',
+           'read_lake_table_spark', 'spark_schema', 'arrow_schema', 'require_utc', 'entity_layout', 'layout_slots',
+           'frame_kinds', 'entity_frame', 'by_entity', 'entity_chunks', 'entities', 'arrow_rows',
+           'build_features_spark', 'write_table_spark', 'spark_session_for', 'spark_with_dt', 'partition_counts',
+           'suspect_days', 'times_us', 'unique_slot', 'repeated_events', 'LakePass', 'lake_plan', 'lake_pass',
+           'pass_summary', 'raise_first_problem', 'commit_staged', 'remove_staging', 'tasks_said', 'run_lake_pass',
+           'check_footers', 'build_tables_spark', 'feature_frames_spark']
 
 # %% ../nbs/03a_spark.ipynb #d98ccab3
 PANDAS_WARNING = "PySpark does not yet fully support pandas"
@@ -35,33 +44,111 @@ def spark_conf(master:str) -> dict:
             "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS", "spark.sql.sources.partitionOverwriteMode": "dynamic",
             "spark.sql.sources.partitionColumnTypeInference.enabled": "false", "spark.ui.showConsoleProgress": "false",
-            "spark.executorEnv.PYTHONWARNINGS": WORKER_WARNINGS}
+            "spark.executorEnv.PYTHONWARNINGS": WORKER_WARNINGS,
+            # INT_MAX turns off the byte limit of the Arrow batches sent to Python, which Spark checks after every row
+            # (a fifth of the lake pass's JVM time); batches stay limited to maxRecordsPerBatch (10,000) rows
+            "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
     cores = local_cores(master)
     if cores: conf.update({"spark.sql.shuffle.partitions": str(2 * cores), "spark.ui.enabled": "false"})
     return conf
 
 # %% ../nbs/03a_spark.ipynb #d7ab5637
+LOG4J2 = """\
+# log4j2 configuration of the Spark drivers nutrino_ml starts (nutrino_ml.spark.quiet_jvm_logs)
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+# harmless: no native Hadoop library for this platform, so Hadoop uses its Java implementations
+logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
+logger.nativecode.level = error
+"""
+
+def quiet_jvm_logs(environ=None) -> str:
+    "Point the log4j2 of Spark drivers started later at `LOG4J2` (unless `LOG4J_CONFIGURATION_FILE` names a file); the file in use."
+    environ = os.environ if environ is None else environ
+    if environ.get("LOG4J_CONFIGURATION_FILE"): return environ["LOG4J_CONFIGURATION_FILE"]
+    path = Path(tempfile.gettempdir())/f"nutrino_ml-log4j2-{hashlib.sha256(LOG4J2.encode()).hexdigest()[:12]}.properties"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp"); tmp.write_text(LOG4J2); tmp.replace(path)
+    environ["LOG4J_CONFIGURATION_FILE"] = str(path)
+    return str(path)
+
+# %% ../nbs/03a_spark.ipynb #3d5a0935
+JVM_NOISE = ("WARNING: Using incubator modules: jdk.incubator.vector",)  # the JVM announcing the module Spark's launcher adds
+
+@contextmanager
+def jvm_stderr_filtered(noise:tuple=JVM_NOISE):
+    "Processes started in the block write their stderr through a thread (yielded) that drops the lines starting with `noise`."
+    try: sys.stderr.flush(); out = os.dup(2)
+    except (OSError, ValueError): yield None; return  # no stderr to filter
+    r, w = os.pipe()
+    def pump():
+        with os.fdopen(r, "rb") as src:
+            for line in src:
+                if not line.decode(errors="replace").startswith(noise): os.write(out, line)
+        os.close(out)
+    th = threading.Thread(target=pump, name="nutrino-jvm-stderr", daemon=True); th.start()
+    back = os.dup(2); os.dup2(w, 2); os.close(w)
+    try: yield th
+    finally: os.dup2(back, 2); os.close(back)
+
+# %% ../nbs/03a_spark.ipynb #95fa6e33
+def worker_python(settings_or_master=None, python:str|None=None, environ=None) -> str:
+    "The Python the Spark workers run: `python`, else the settings' `spark_python`, else `$PYSPARK_PYTHON`, else this interpreter."
+    environ = os.environ if environ is None else environ
+    return python or getattr(settings_or_master, "spark_python", "") or environ.get("PYSPARK_PYTHON") or sys.executable
+
+# %% ../nbs/03a_spark.ipynb #2246a914
+_ZIPS = {}  # build id -> the zip made in this process
+
+def _library_files(package:Path) -> list:
+    return sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+def library_zip(package:Path|None=None # the package folder; `nutrino_ml` as this process imported it by default
+               ) -> Path:
+    "A zip of the library's package folder, named `nutrino_ml-<build id>.zip` (sha256 of its files); built once per process."
+    package = Path(package or Path(nutrino_ml.__file__).parent)
+    files, h = _library_files(package), hashlib.sha256()
+    for p in files: h.update(p.relative_to(package.parent).as_posix().encode() + b"\0" + p.read_bytes())
+    build = h.hexdigest()[:12]
+    if build not in _ZIPS:
+        out = Path(tempfile.mkdtemp(prefix="nutrino-ship-"))/f"{package.name}-{build}.zip"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in files: z.write(p, p.relative_to(package.parent).as_posix())
+        _ZIPS[build] = out
+    return _ZIPS[build]
+
+# %% ../nbs/03a_spark.ipynb #264db674
 def quiet_pyspark_warnings():
     "Ignore PySpark's FutureWarnings about pandas 3 in this process and in the Python workers it starts later."
     warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
     have = os.environ.get("PYTHONWARNINGS", "")
     if WORKER_WARNINGS not in have: os.environ["PYTHONWARNINGS"] = ",".join(w for w in (have, WORKER_WARNINGS) if w)
 
-def spark_session(settings_or_master="local[*]", # `Settings` (their `spark_master`) or a master URL
+def spark_session(settings_or_master="local[*]", # `Settings` (their `spark_master`, `spark_python`) or a master URL
                   app_name:str="nutrino_ml",
-                  conf:dict|None=None           # more Spark settings, e.g. {"spark.driver.memory": "4g"}
+                  conf:dict|None=None,          # more Spark settings, e.g. {"spark.driver.memory": "4g"}
+                  python:str|None=None,         # the workers' Python (see `worker_python`)
+                  ship:bool|None=None           # ship the library to the executors; by default on any master but local
                  ):
-    "A SparkSession on the settings' master (or `settings_or_master` itself): UTC, Arrow, quiet."
+    "A SparkSession on the settings' master (or `settings_or_master` itself): UTC, Arrow, quiet, its workers on our Python and library."
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
     master = getattr(settings_or_master, "spark_master", settings_or_master)
     quiet_pyspark_warnings()
-    if local_cores(master):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    if local_cores(master): os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = worker_python(settings_or_master, python)  # read once, when the context starts
     b = SparkSession.builder.master(master).appName(app_name)
-    for k, v in {**spark_conf(master), **(conf or {})}.items(): b = b.config(k, v)
-    spark = b.getOrCreate()
+    for k, v in {**spark_conf(master), "spark.pyspark.python": os.environ["PYSPARK_PYTHON"], **(conf or {})}.items(): b = b.config(k, v)
+    with jvm_stderr_filtered() if SparkContext._gateway is None else nullcontext():  # a new JVM only the first time
+        quiet_jvm_logs()
+        spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if ship if ship is not None else not local_cores(master): spark.sparkContext.addPyFile(str(library_zip()))
     return spark
 
 # %% ../nbs/03a_spark.ipynb #4534770b
@@ -107,16 +194,17 @@ def _spark_type(t) -> str|None:
     if pa.types.is_timestamp(t): return "timestamp"
     return "string" if not pa.types.is_null(t) else None
 
-def _read_checked(spark, lake:Lake, lake_root:str, table:str, spec:TableSpec, checked:dict):
+def _read_checked(spark, lake:Lake, lake_root:str, table:str, spec:TableSpec, checked:dict,
+                  dt:str="string" # the type `dt` is read as: `date` parses each partition's name once, not each row's
+                 ):
     "The files of `table` that `Lake.check_table` `checked`, read in groups of one physical schema each and cast to the table's types."
-    from functools import reduce
     from pyspark.sql import functions as F
     groups = {}
     for files in checked.values():
         for path, schema in files:
             types = tuple(_spark_type(schema.field(c.name).type) or _SPARK_KINDS[c.kind] for c in spec.columns)
             groups.setdefault(types, []).append(spark_path(lake_root, path[len(lake.base) + 1:]))
-    frames = [spark.read.schema(", ".join([*(f"`{c.name}` {t}" for c, t in zip(spec.columns, types)), "dt string"]))
+    frames = [spark.read.schema(", ".join([*(f"`{c.name}` {t}" for c, t in zip(spec.columns, types)), f"dt {dt}"]))
                    .option("basePath", spark_path(lake_root, table)).parquet(*paths)
                    .select(*[F.col(c.name).cast(_SPARK_KINDS[c.kind]).alias(c.name) for c in spec.columns], "dt")
               for types, paths in groups.items()]
@@ -147,10 +235,15 @@ def read_lake_table_spark(spark, lake_root:str, table:str,
 
 # %% ../nbs/03a_spark.ipynb #e0305438
 _SPARK_TYPES = {"string": "string", "double": "double", "timestamp": "timestamp"}
+_ARROW_TYPES = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC")}
 
 def spark_schema(fset:FeatureSet) -> str:
     "The Spark DDL schema of `fset`'s output columns."
     return ", ".join(f"`{f.name}` {_SPARK_TYPES[f.dtype]}" for f in fset.features)
+
+def arrow_schema(fset:FeatureSet) -> pa.Schema:
+    "The Arrow schema of `fset`'s output columns, as Spark exchanges them (timestamps in UTC)."
+    return pa.schema([(f.name, _ARROW_TYPES[f.dtype]) for f in fset.features])
 
 def require_utc(spark):
     "Raise unless `spark`'s session time zone is UTC: the functions get naive UTC times, and `dt` is a UTC day."
@@ -158,56 +251,140 @@ def require_utc(spark):
     if tz not in ("UTC", "Etc/UTC", "GMT", "Z", "+00:00"):
         raise ValueError(f"the Spark session's time zone is {tz!r}; the feature runtime needs UTC: start it with spark_session() or set spark.sql.session.timeZone=UTC")
 
-def _is_int(dtype) -> bool:
-    from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType
-    return isinstance(dtype, (ByteType, ShortType, IntegerType, LongType))
+# %% ../nbs/03a_spark.ipynb #96fc41c7
+_SLOT_OF = {"string": "s", "timestamp": "t", "int": "f", "float": "f"}  # numbers travel as doubles
+_SLOT_TYPES = {"s": "string", "t": "timestamp", "f": "double"}
+
+def entity_layout(kinds:dict, # table -> {column: kind}, kind one of string, int, float, timestamp
+                  key:str     # the entity key, in every table (it travels as `_key`)
+                 ) -> dict:
+    "`{table: {column: slot}}`: each table's i-th string, timestamp or number column (but `key`) in slot s<i>, t<i> or f<i>."
+    out = {}
+    for t, cols in kinds.items():
+        if key not in cols: raise ValueError(f"table '{t}' has no column '{key}' (the entity key); it has {list(cols)}")
+        used = {}
+        for c, kind in cols.items():
+            if c == key: continue
+            k = _SLOT_OF[kind]; out.setdefault(t, {})[c] = f"{k}{used.get(k, 0)}"; used[k] = used.get(k, 0) + 1
+    return out
+
+def layout_slots(layout:dict) -> list:
+    "Every slot of `layout`, strings first, then timestamps, then numbers."
+    slots = {s for cols in layout.values() for s in cols.values()}
+    return sorted(slots, key=lambda s: ("stf".index(s[0]), int(s[1:])))
+
+# %% ../nbs/03a_spark.ipynb #8caa91ba
+def _kind(dtype) -> str:
+    from pyspark.sql import types as T
+    if isinstance(dtype, T.StringType): return "string"
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)): return "timestamp"
+    if isinstance(dtype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)): return "int"
+    if isinstance(dtype, T.NumericType): return "float"
+    raise ValueError(f"a column of type {dtype.simpleString()}: lake tables hold strings, numbers and timestamps")
+
+def frame_kinds(tables:dict) -> dict:
+    "`{table: {column: kind}}` of Spark frames."
+    return {t: {f.name: _kind(f.dataType) for f in df.schema} for t, df in tables.items()}
+
+def entity_frame(tables:dict, # table -> Spark frame, in the layout's order
+                 key:str, layout:dict,
+                 day:bool=False   # add `_day`, the day of each row's `dt` partition
+                ):
+    "All rows of `tables` in one Spark frame: `_key` (the entity key as a string), `_t` (the table's index), [`_day`], the slots."
+    from pyspark.sql import functions as F
+    slots = layout_slots(layout)
+    def part(i, t):
+        at = {s: c for c, s in layout[t].items()}
+        head = [F.col(key).cast("string").alias("_key"), F.lit(i).cast("tinyint").alias("_t"), *([F.col("dt").cast("date").alias("_day")] if day else [])]
+        return tables[t].select(*head, *[(F.col(at[s]) if s in at else F.lit(None)).cast(_SLOT_TYPES[s[0]]).alias(s) for s in slots])
+    return reduce(lambda a, b: a.unionByName(b), [part(i, t) for i, t in enumerate(layout)])
+
+def by_entity(frame, *then:str):
+    "`frame` hashed by `_key` into the shuffle partitions, each sorted by `_key`, `_t` and `then`: one shuffle."
+    return frame.repartition("_key").sortWithinPartitions("_key", "_t", *then)
 
 # %% ../nbs/03a_spark.ipynb #7331b20c
-def union_tables(fset:FeatureSet, tables:dict) -> tuple:
-    "`(frame, layout, ints)`: `fset`'s tables in one Spark frame (`_key`, `_table`, `<table>__<column>`), each table's columns, and its integer columns."
-    from functools import reduce
-    from pyspark.sql import functions as F
-    missing = [t for t in fset.tables if t not in tables]
-    if missing: raise ValueError(f"build_features_spark('{fset.name}'): no tables {missing}; it reads {list(fset.tables)}")
-    layout = {t: list(tables[t].columns) for t in fset.tables}
-    for t, cols in layout.items():
-        if fset.key not in cols: raise ValueError(f"build_features_spark('{fset.name}'): table '{t}' has no column '{fset.key}' (the entity key); it has {cols}")
-    types = {(t, c): tables[t].schema[c].dataType for t in layout for c in layout[t]}
-    def part(t):
-        cols = [F.col(c) if u == t else F.lit(None).cast(types[u, c]) for (u, c) in types]
-        return tables[t].select(F.col(fset.key).cast("string").alias("_key"), F.lit(t).alias("_table"),
-                                *[col.alias(f"{u}__{c}") for col, (u, c) in zip(cols, types)])
-    ints = {t: [c for c in layout[t] if _is_int(types[t, c])] for t in layout}
-    return reduce(lambda a, b: a.unionByName(b), [part(t) for t in fset.tables]), layout, ints
+def _last_run_start(keys) -> int:
+    "Where the run of the last value of sorted Arrow `keys` starts (nulls sort first: all null when the last is)."
+    return pc.index(keys, keys[-1]).as_py() if keys[-1].is_valid else 0
 
-# %% ../nbs/03a_spark.ipynb #a0f3b666
-def _table_columns(pdf, table:str, cols:list, ints:list) -> dict:
-    "One table's columns in one entity's rows of the union; {} when it has none (then `compute_entity` decides, as in `build_features`)."
-    sub = pdf.loc[pdf["_table"] == table, [f"{table}__{c}" for c in cols]]
-    if not len(sub): return {}
-    sub = sub.set_axis(cols, axis=1)
-    for c in ints:
-        if not sub[c].isna().any(): sub[c] = sub[c].astype("int64")
-    return frame_columns(sub)
+def entity_chunks(batches,               # Arrow record batches sorted by `_key`
+                  min_rows:int=100_000   # rows per chunk, at least (but the last)
+                 ):
+    "Arrow tables of whole entities from `batches`: an entity's rows are never split between two."
+    held, n = [], 0
+    for b in batches:
+        held.append(b); n += b.num_rows
+        if n < min_rows: continue
+        tb = pa.Table.from_batches(held)
+        cut = _last_run_start(tb.column("_key"))
+        if cut:
+            yield tb.slice(0, cut)
+            held, n = tb.slice(cut).to_batches(), n - cut
+    if n: yield pa.Table.from_batches(held)
 
-def entity_features(fset:FeatureSet, layout:dict, ints:dict):
-    "The function `applyInPandas` calls per entity: its rows of the union -> its feature rows, conformed."
-    def features_of(pdf):
-        parts = {t: c for t, cols in layout.items() if (c := _table_columns(pdf, t, cols, ints[t]))}
-        if fset.anchor not in parts: return conform(pd.DataFrame(columns=fset.columns), fset)
-        return conform(pd.DataFrame(compute_entity(fset, parts)), fset)
-    return features_of
+# %% ../nbs/03a_spark.ipynb #5fba5490
+def _runs(keys) -> tuple:
+    "`(starts, ends)` of the runs of equal values in sorted Arrow array `keys` (nulls are one run)."
+    n = len(keys)
+    if n < 2: return np.arange(n), np.arange(n) + 1
+    a, b = keys.slice(1), keys.slice(0, n - 1)
+    change = pc.and_not(pc.fill_null(pc.not_equal(a, b), True), pc.and_(pc.is_null(a), pc.is_null(b)))
+    starts = np.concatenate([[0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1])
+    return starts, np.append(starts[1:], n)
 
-# %% ../nbs/03a_spark.ipynb #22a2a794
+def _numpy(a) -> np.ndarray:
+    "An Arrow column as the feature functions take it: times as naive UTC datetime64[us], strings as objects, numbers as floats."
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    if pa.types.is_timestamp(a.type): a = a.cast(pa.timestamp("us"))
+    return a.to_numpy(zero_copy_only=False)
+
+def _entity_table(arrs:dict, slots:dict, kinds:dict, key:str, value, a:int, b:int) -> dict:
+    "Rows [a, b) of one table: its columns out of the chunk's slots, integers whole again, and the entity key."
+    cols = {c: arrs[s][a:b] for c, s in slots.items()}
+    for c, kind in kinds.items():
+        if kind == "int" and c != key and not np.isnan(cols[c]).any(): cols[c] = cols[c].astype(np.int64)
+    return {**cols, key: np.full(b - a, value, dtype=object)}
+
+def entities(tb,          # an Arrow table of whole entities, sorted by `_key` then `_t`
+             layout:dict, kinds:dict, key:str):
+    "`(key, {table: columns})` of each entity of `tb`, with only the tables it has rows in."
+    arrs = {s: _numpy(tb.column(s)) for s in layout_slots(layout)}
+    t = tb.column("_t").to_numpy()
+    starts, ends = _runs(tb.column("_key").combine_chunks())
+    for k, s, e in zip(tb.column("_key").take(pa.array(starts)).to_pylist(), starts, ends):
+        bounds = s + np.searchsorted(t[s:e], np.arange(len(layout) + 1))
+        yield k, {name: _entity_table(arrs, layout[name], kinds[name], key, k, lo, hi)
+                  for name, lo, hi in zip(layout, bounds[:-1], bounds[1:]) if hi > lo}
+
+# %% ../nbs/03a_spark.ipynb #9ac3345e
+def arrow_rows(fset:FeatureSet, outs:list) -> pa.Table:
+    "The feature rows `compute_entity` gave for some entities, as one Arrow table in `fset`'s types (via `conform`)."
+    cols = {c: np.concatenate([np.asarray(o[c]) for o in outs]) for c in fset.columns}
+    t = pa.Table.from_pandas(conform(pd.DataFrame(cols), fset), preserve_index=False)
+    return t.cast(pa.schema(arrow_schema(fset), metadata=t.schema.metadata))
+
+def _feature_rows(fset:FeatureSet, layout:dict, kinds:dict, key:str):
+    "The function `mapInArrow` runs for `build_features_spark`: whole entities in, their feature rows out."
+    def rows(batches):
+        for tb in entity_chunks(batches):
+            outs = [compute_entity(fset, {t: ent.get(t, {}) for t in fset.tables}) for _, ent in entities(tb, layout, kinds, key) if fset.anchor in ent]
+            if outs: yield from arrow_rows(fset, outs).to_batches()
+    return rows
+
+# %% ../nbs/03a_spark.ipynb #d30efec2
 def build_features_spark(fset:FeatureSet, # what to compute
                          spark,           # the session (pandas frames in `tables` become Spark frames in it)
                          tables:dict      # table name -> Spark (or pandas) frame of the lake table, all entities
                         ):
-    "Feature rows of every entity as a Spark DataFrame: `fset.fn` per entity via `applyInPandas`, typed as `fset` declares."
+    "Feature rows of every entity as a Spark DataFrame: `fset.fn` per entity in one shuffle and one `mapInArrow`, typed as `fset` declares."
     require_utc(spark)
-    tables = {t: spark.createDataFrame(v) if isinstance(v, pd.DataFrame) else v for t, v in tables.items()}
-    union, layout, ints = union_tables(fset, tables)
-    return union.groupBy("_key").applyInPandas(entity_features(fset, layout, ints), spark_schema(fset))
+    missing = [t for t in fset.tables if t not in tables]
+    if missing: raise ValueError(f"build_features_spark('{fset.name}'): no tables {missing}; it reads {list(fset.tables)}")
+    frames = {t: spark.createDataFrame(tables[t]) if isinstance(tables[t], pd.DataFrame) else tables[t] for t in fset.tables}
+    try: kinds = frame_kinds(frames); layout = entity_layout(kinds, fset.key)
+    except ValueError as e: raise ValueError(f"build_features_spark('{fset.name}'): {e}") from None
+    return by_entity(entity_frame(frames, fset.key, layout)).mapInArrow(_feature_rows(fset, layout, kinds, fset.key), spark_schema(fset))
 
 # %% ../nbs/03a_spark.ipynb #59229f78
 def write_table_spark(df, lake_root:str, table:str) -> str:
@@ -216,18 +393,16 @@ def write_table_spark(df, lake_root:str, table:str) -> str:
     df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(path)
     return path
 
-def write_feature_table(df, lake_root:str, fset:FeatureSet) -> str:
-    "Write the Spark feature rows `df` of `fset` as its offline feature table; returns where."
-    return write_table_spark(with_dt(df), lake_root, feature_table(fset))
-
 # %% ../nbs/03a_spark.ipynb #02f08704
 @contextmanager
-def spark_session_for(settings, spark=None):
-    "`spark` if given, else a new session on the settings' master, stopped afterwards."
+def spark_session_for(settings, spark=None, progress=None):
+    "`spark` if given, else a new session on the settings' master (said to `progress`), stopped afterwards."
     if spark is not None:
         yield spark
         return
+    t0 = time.perf_counter()
     spark = spark_session(settings)
+    if progress: progress(f"spark: session on {spark.sparkContext.master} started ({time.perf_counter() - t0:.1f} s)")
     try: yield spark
     finally: spark.stop()
 
@@ -242,29 +417,296 @@ def partition_counts(df) -> dict:
     return {r["dt"]: r["count"] for r in df.groupBy("dt").count().collect()}
 
 # %% ../nbs/03a_spark.ipynb #7000e218
-def check_users_spark(raw:dict, # table -> Spark frame, with 'users'
-                      strict:bool=False):
-    "What `Lake.read_lake` says of events whose user the `users` table lacks, for Spark frames."
-    from pyspark.sql import functions as F
-    if "users" not in raw: return
-    for t, df in raw.items():
-        if t == "users" or "user_id" not in df.columns: continue
-        r = df.join(raw["users"].select("user_id"), "user_id", "left_anti").agg(F.count("*").alias("n"), F.countDistinct("user_id").alias("u"), F.min("user_id").alias("first")).collect()[0]
-        if r.n: tell_unknown_users(t, r.n, r.u, r.first, strict)
+DAY_US = 86_400_000_000
+
+def _or(a, b): return b if a is None else pc.or_kleene(a, b)
+
+def _bad_values(a, c:Column):
+    "Arrow booleans (or None): the values of column `c` that `validate_frame` could refuse."
+    bad = pc.is_null(a, nan_is_null=True) if not c.nullable or c.kind == "int" else None
+    if c.kind == "string": bad = _or(bad, pc.equal(pc.utf8_length(a), 0))
+    if c.lo is not None: bad = _or(bad, pc.or_kleene(pc.less(a, c.lo), pc.greater(a, c.hi)))
+    return bad
+
+def _bad_times(ts, day, times:tuple):
+    "Arrow booleans: the times that `check_times` refuses for the partition `day` (`times`: lateness, skew and now in µs)."
+    late, skew, now = times
+    us, start = pc.cast(ts, pa.int64()), pc.multiply(pc.cast(pc.cast(day, pa.int32()), pa.int64()), DAY_US)
+    return pc.or_kleene(pc.or_kleene(pc.greater_equal(us, pc.add(start, DAY_US)), pc.less(us, pc.subtract(start, late))), pc.greater(us, now + skew))
+
+def suspect_days(tb,            # whole entities: `_key`, `_t`, `_day` and the slots
+                 specs:dict,    # table -> TableSpec, in the layout's order
+                 layout:dict, key:str,
+                 times:tuple|None=None # (lateness, skew, now) in µs, or None
+                ) -> set:
+    "`{(table, day)}` of the partitions with a row the datalake's value or time checks could refuse."
+    out = set()
+    for i, (name, spec) in enumerate(specs.items()):
+        sub = tb.filter(pc.equal(tb.column("_t"), i))
+        bad = None
+        for c in spec.columns:
+            a = sub.column("_key" if c.name == key else layout[name][c.name])
+            bad = _or(bad, _bad_values(a, c))
+            if c.kind == "timestamp" and times is not None: bad = _or(bad, _bad_times(a, sub.column("_day"), times))
+        if bad is not None and pc.any(pc.fill_null(bad, False)).as_py():
+            out |= {(name, str(d)) for d in pc.unique(pc.filter(sub.column("_day"), pc.fill_null(bad, False))).to_pylist()}
+    return out
+
+def times_us(times:TimeRules) -> tuple:
+    "`(lateness, skew, now)` of `times` in µs, as `suspect_days` takes them."
+    now = pd.Timestamp(times.now if times.now is not None else pd.Timestamp.now("UTC"))
+    return int(round(times.lateness_days * DAY_US)), int(round(times.skew_s * 1e6)), (now.tz_convert("UTC") if now.tzinfo else now.tz_localize("UTC")).value // 1000
 
 # %% ../nbs/03a_spark.ipynb #cc207da9
-def build_tables_spark(settings, fsets:list, spark=None) -> dict:
-    "Build the offline tables of `fsets` with Spark; per feature set: table, path, rows, partitions."
-    with spark_session_for(settings, spark) as spark:
-        root, out = settings.datalake_root, {}
-        lake, times = Lake(root, settings.s3_endpoint_url, settings.region), TimeRules.from_settings(settings)
-        raw = {t: read_lake_table_spark(spark, root, t, times=times, lake=lake) for t in dict.fromkeys(t for f in fsets for t in f.tables)}
-        check_users_spark(raw)
-        for f in fsets:
-            df = with_dt(build_features_spark(f, spark, {t: raw[t] for t in f.tables})).persist()
-            try: counts, path = partition_counts(df), write_table_spark(df, root, feature_table(f))
-            finally: df.unpersist()
-            out[f.name] = {"table": feature_table(f), "path": path, "rows": sum(counts.values()), "partitions": sorted(counts), "engine": "spark"}
+def unique_slot(specs:dict, layout:dict, key:str) -> str|None:
+    "The one slot holding the unique key of every table whose key is not the entity `key` (None: no such table)."
+    slots = {layout[t][s.key] for t, s in specs.items() if s.key != key}
+    if len(slots) > 1: raise ValueError(f"the tables' unique keys travel in different slots {sorted(slots)}; the pass sorts by one")
+    return slots.pop() if slots else None
+
+def repeated_events(tb,         # whole entities, sorted by `_key`, `_t` and `slot`
+                    specs:dict,  # table -> TableSpec, in the layout's order
+                    key:str,     # the entity key
+                    slot:str|None # `unique_slot`
+                   ) -> tuple:
+    "`(suspects, twice)`: `{(table, day)}` with an id given twice in it, and `[(table, id, days)]` of ids in two partitions."
+    n, names = tb.num_rows, list(specs)
+    if n < 2: return set(), []
+    same = lambda c: pc.fill_null(pc.equal(tb.column(c).slice(1), tb.column(c).slice(0, n - 1)), False).to_numpy(zero_copy_only=False)
+    t = tb.column("_t").to_numpy()
+    by_slot = np.isin(t, [i for i, s in enumerate(specs.values()) if s.key != key])
+    eq = same("_key") & same("_t")
+    if slot is not None: eq &= same(slot) | ~by_slot[1:]
+    again = np.flatnonzero(eq) + 1  # rows that repeat the one before
+    if not len(again): return set(), []
+    day = tb.column("_day").to_numpy()
+    suspects = {(names[t[i]], str(day[i])) for i in again if day[i] == day[i - 1]}
+    twice = []
+    for run in np.split(again, np.flatnonzero(np.diff(again) != 1) + 1):
+        ds, i = sorted({str(d) for d in day[run[0] - 1:run[-1] + 1]}), run[0]
+        if len(ds) > 1: twice.append((names[t[i]], tb.column(slot if by_slot[i] else "_key")[i].as_py(), ds))
+    return suspects, twice
+
+# %% ../nbs/03a_spark.ipynb #7344a06a
+SUMMARY = "kind string, tab string, dt string, n long, text string"  # the rows each task of the lake pass returns
+_SUMMARY_ARROW = pa.schema([("kind", pa.string()), ("tab", pa.string()), ("dt", pa.string()), ("n", pa.int64()), ("text", pa.string())])
+FLUSH_ROWS = 1_000_000  # feature rows of one set a task holds before it writes them
+
+@dataclass(frozen=True)
+class LakePass:
+    "What each task of the lake pass needs, in plain values."
+    specs: dict              # table -> TableSpec, in the pandas engine's reading order
+    layout: dict             # `entity_layout` of their columns
+    key: str                 # the entity key
+    fsets: tuple = ()        # names of the feature sets to compute
+    lake: tuple = ("",)      # (root, S3 endpoint, region) of the lake the tasks write into
+    stage: str|None = None   # the staging folder the tasks write into (None: count the rows, write nothing)
+    times: tuple|None = None # `times_us` of the build's time rules, or None
+    @property
+    def kinds(self) -> dict: return {t: {c.name: c.kind for c in s.columns} for t, s in self.specs.items()}
+    @property
+    def slot(self) -> str|None: return unique_slot(self.specs, self.layout, self.key)
+
+def lake_plan(fsets:list, lake:tuple=("",), times:tuple|None=None) -> LakePass:
+    "The `LakePass` computing `fsets` from the lake tables they read (their `TABLES` specs)."
+    keys = {f.key for f in fsets}
+    if len(keys) != 1: raise ValueError(f"build_tables_spark: the feature sets group by different keys {sorted(keys)}; build them one at a time")
+    specs = {t: TABLES[t] for t in dict.fromkeys(t for f in fsets for t in f.tables)}
+    kinds = {t: {c.name: c.kind for c in s.columns} for t, s in specs.items()}
+    return LakePass(specs, entity_layout(kinds, fsets[0].key), fsets[0].key, tuple(f.name for f in fsets), lake, None, times)
+
+# %% ../nbs/03a_spark.ipynb #0d614596
+class _LakeTask:
+    "One task of the lake pass: its feature rows held, its open files, its counts and findings."
+    def __init__(self, plan:LakePass, task:str):
+        self.plan, self.task, self.kinds, self.slot = plan, task, plan.kinds, plan.slot
+        self.fsets = [FEATURE_SETS[n] for n in plan.fsets]
+        self.lake = Lake(*plan.lake) if plan.stage else None
+        self.out, self.held = {f.name: [] for f in self.fsets}, {f.name: 0 for f in self.fsets}
+        self.rows, self.files, self.writers = {}, {}, {}
+        self.events, self.suspects, self.twice, self.unknown = dict.fromkeys(plan.specs, 0), set(), [], {}
+
+    def add(self, tb):
+        "Count, check and compute the whole entities of Arrow table `tb`."
+        p = self.plan
+        for name, n in zip(p.specs, np.bincount(tb.column("_t").to_numpy(), minlength=len(p.specs))): self.events[name] += int(n)
+        self.suspects |= suspect_days(tb, p.specs, p.layout, p.key, p.times)
+        suspects, twice = repeated_events(tb, p.specs, p.key, self.slot)
+        self.suspects |= suspects; self.twice += twice[:100 - len(self.twice)]  # the driver names one
+        for k, ent in entities(tb, p.layout, self.kinds, p.key):
+            if "users" in p.specs and "users" not in ent and k is not None: self._unknown(k, ent)
+            for f in self.fsets:
+                if f.anchor in ent: self._hold(f, compute_entity(f, {t: ent.get(t, {}) for t in f.tables}))
+
+    def _unknown(self, k, ent):
+        for t, cols in ent.items():
+            u = self.unknown.setdefault(t, [0, 0, k]); u[0] += len(cols[self.plan.key]); u[1] += 1; u[2] = min(u[2], k)
+
+    def _hold(self, f, rows):
+        self.out[f.name].append(rows); self.held[f.name] += len(rows[f.columns[0]])
+        if self.held[f.name] >= FLUSH_ROWS: self.flush(f)
+
+    def flush(self, f):
+        "Write (or count) the rows of `f` held, each day's into its file."
+        if not self.out[f.name]: return
+        rows = arrow_rows(f, self.out[f.name]); self.out[f.name], self.held[f.name] = [], 0
+        day = pc.cast(rows.column("ts"), pa.date32())
+        order = pc.sort_indices(day)
+        rows, day = rows.take(order), day.take(order).combine_chunks()
+        for s, e in zip(*_runs(day)): self._write(feature_table(f), day[s].as_py().isoformat(), rows.slice(s, e - s))
+
+    def _write(self, table, dt, rows):
+        k = (table, dt)
+        self.rows[k] = self.rows.get(k, 0) + rows.num_rows
+        if self.lake is None: return
+        if k not in self.writers:
+            self.files[k] = f"{self.plan.stage}/{table}/dt={dt}/part-{self.task}.parquet"
+            self.lake.fs.create_dir(self.files[k].rsplit("/", 1)[0], recursive=True)
+            self.writers[k] = pq.ParquetWriter(self.files[k], rows.schema, filesystem=self.lake.fs)
+        self.writers[k].write_table(rows)
+
+    def summary(self) -> pa.RecordBatch:
+        "Flush and close everything; what this task wrote (or counted), read, found, and which `nutrino_ml` it ran."
+        for f in self.fsets: self.flush(f)
+        for w in self.writers.values(): w.close()
+        rows = [("file" if self.lake else "rows", t, dt, n, self.files.get((t, dt))) for (t, dt), n in self.rows.items()]
+        rows += [("events", t, None, n, None) for t, n in self.events.items()] + [("suspect", t, dt, 0, None) for t, dt in self.suspects]
+        rows += [("twice", t, None, len(ds), json.dumps([v, ds])) for t, v, ds in self.twice]
+        rows += [("unknown", t, None, n, json.dumps([u, first])) for t, (n, u, first) in self.unknown.items()]
+        rows += [("library", None, None, 0, nutrino_ml.__file__)]
+        return pa.RecordBatch.from_pylist([dict(zip(_SUMMARY_ARROW.names, r)) for r in rows], schema=_SUMMARY_ARROW)
+
+def lake_pass(plan:LakePass):
+    "The function `mapInArrow` runs in each task of the lake pass: whole entities in, one batch of summary rows out."
+    def run(batches):
+        from pyspark import TaskContext
+        tc = TaskContext.get()
+        task = _LakeTask(plan, f"{tc.partitionId():05d}-{tc.attemptNumber()}" if tc else "00000-0")
+        for tb in entity_chunks(batches): task.add(tb)
+        yield task.summary()
+    return run
+
+# %% ../nbs/03a_spark.ipynb #2d5eb401
+def pass_summary(rows:list) -> dict:
+    "The tasks' summary rows added up: rows and files by (table, day), events by table, suspects, ids twice, unknown users, libraries."
+    s = {"rows": {}, "files": {}, "events": {}, "suspects": set(), "twice": {}, "unknown": {}, "library": set(), "tasks": 0}
+    for r in rows:
+        if r.kind in ("file", "rows"):
+            s["rows"][r.tab, r.dt] = s["rows"].get((r.tab, r.dt), 0) + r.n
+            if r.kind == "file": s["files"].setdefault((r.tab, r.dt), []).append(r.text)
+        elif r.kind == "events": s["events"][r.tab] = s["events"].get(r.tab, 0) + r.n
+        elif r.kind == "suspect": s["suspects"].add((r.tab, r.dt))
+        elif r.kind == "twice": s["twice"].setdefault(r.tab, []).append(tuple(json.loads(r.text)))
+        elif r.kind == "unknown":
+            users, first = json.loads(r.text); u = s["unknown"].setdefault(r.tab, [0, 0, first])
+            u[0] += r.n; u[1] += users; u[2] = min(u[2], first)
+        elif r.kind == "library": s["library"].add(r.text); s["tasks"] += 1
+    return s
+
+def _twice_message(lake:Lake, table:str, key:str, twice:list, files:dict) -> str:
+    "`Lake.read_table`'s words for the first id (in the table's order) found in two partitions."
+    first_day = min(min(ds) for _, ds in twice)
+    days = {v: ds for v, ds in twice if min(ds) == first_day}
+    order = [v for p, _ in files[first_day] for v in pq.read_table(p, columns=[key], filesystem=lake.fs).column(key).to_pylist()]
+    v = next(v for v in order if v in days)
+    return f"{table}: column '{key}' value {v!r} appears in partitions {days[v]}"
+
+def raise_first_problem(lake:Lake, specs:dict, checked:dict, found:dict, times:TimeRules|None=None):
+    "Raise the pandas engine's `DatalakeError` for the first problem in `found` (by table, then day), if one is."
+    for t, spec in specs.items():
+        for dt in sorted(d for u, d in found["suspects"] if u == t):
+            lake.read_partition(t, dt, spec, times, checked[t][dt])  # the datalake's own check, and words
+        if found["twice"].get(t): raise DatalakeError(_twice_message(lake, t, spec.key, found["twice"][t], checked[t]))
+
+def commit_staged(lake:Lake, files:dict):
+    "Move the staged `files` (`{(table, day): [paths]}`) into their partitions, replacing what those held."
+    for (table, dt), paths in sorted(files.items()):
+        part = lake.partition_path(table, dt)
+        lake.fs.create_dir(part, recursive=True)
+        for f in lake.fs.get_file_info(pafs.FileSelector(part)):
+            if f.type == pafs.FileType.File: lake.fs.delete_file(f.path)
+        for p in paths: lake.fs.move(p, f"{part}/{p.rsplit('/', 1)[-1]}")
+
+def remove_staging(lake:Lake, stage:str):
+    "Remove the staging folder `stage` of a pass, and the lake's `_staging` folder when nothing else is in it."
+    for path in (stage, stage.rsplit("/", 1)[0]):
+        info = lake.fs.get_file_info(path)
+        if info.type != pafs.FileType.Directory: continue
+        if path != stage and lake.fs.get_file_info(pafs.FileSelector(path)): break
+        lake.fs.delete_dir(path)
+
+# %% ../nbs/03a_spark.ipynb #f19a7ad6
+@contextmanager
+def tasks_said(spark, progress=None, every:float=15.0):
+    "Tell `progress`, every `every` seconds while the block runs, how many tasks of the running Spark stages are done."
+    if progress is None: yield; return
+    stop, t0 = threading.Event(), time.perf_counter()
+    def watch():
+        st = spark.sparkContext.statusTracker()
+        while not stop.wait(every):
+            infos = [i for i in map(st.getStageInfo, st.getActiveStageIds()) if i]
+            if infos: progress(f"spark: {sum(i.numCompletedTasks for i in infos)}/{sum(i.numTasks for i in infos)} tasks of the running stages done ({time.perf_counter() - t0:.0f} s)")
+    th = threading.Thread(target=watch, name="nutrino-spark-progress", daemon=True); th.start()
+    try: yield
+    finally: stop.set(); th.join()
+
+def run_lake_pass(spark, lake:Lake, plan:LakePass, checked:dict, progress=None) -> dict:
+    "Run `plan` over the files `checked` (by `Lake.check_table`) of its tables; the tasks' summary (`pass_summary`)."
+    frames = {t: _read_checked(spark, lake, lake.root, t, s, checked[t], dt="date") for t, s in plan.specs.items()}
+    frame = by_entity(entity_frame(frames, plan.key, plan.layout, day=True), *[s for s in [plan.slot] if s])
+    with tasks_said(spark, progress): return pass_summary(frame.mapInArrow(lake_pass(plan), SUMMARY).collect())
+
+def check_footers(spark, lake:Lake, plan:LakePass, times:TimeRules|None=None) -> dict:
+    "`{table: Lake.check_table(table)}` for `plan`'s tables; on a bad footer, the tables before it are checked first."
+    checked = {}
+    for t, spec in plan.specs.items():
+        try: checked[t] = lake.check_table(t, spec)
+        except DatalakeError:
+            if checked:
+                before = dataclasses.replace(plan, specs={u: plan.specs[u] for u in checked}, layout={u: plan.layout[u] for u in checked}, fsets=(), stage=None)
+                raise_first_problem(lake, before.specs, checked, run_lake_pass(spark, lake, before, checked), times)
+            raise
+    return checked
+
+# %% ../nbs/03a_spark.ipynb #e90e5e70
+def _table_said(f:FeatureSet, root:str, rows:dict) -> dict:
+    counts = {dt: n for (t, dt), n in rows.items() if t == feature_table(f)}
+    return {"table": feature_table(f), "path": spark_path(root, feature_table(f)), "rows": sum(counts.values()), "partitions": sorted(counts), "engine": "spark"}
+
+def _shipped(libraries:set) -> str:
+    "Where the executors' `nutrino_ml` came from, briefly."
+    here = {p for p in libraries if Path(p) == Path(nutrino_ml.__file__)}
+    return ", ".join(sorted(Path(p).parent.parent.name for p in libraries - here) + (["this process's copy"] if here else []))
+
+def _pass_said(found:dict, fsets:list, seconds:float, write:bool) -> str:
+    ev = found["events"]
+    return (f"spark: one pass over {counted(sum(ev.values()), 'event')} ({', '.join(f'{t} {n:,}' for t, n in ev.items())}) in {counted(found['tasks'], 'task')}: "
+            f"read, checked, computed {', '.join(f.name for f in fsets)}{' (staged)' if write else ''} ({seconds:.1f} s); the executors ran {_shipped(found['library'])}")
+
+def build_tables_spark(settings, fsets:list,
+                       spark=None,        # a running session (else one is started on the settings' master and stopped)
+                       progress=None,     # a callable taking one line per step, e.g. print; None: silent
+                       write:bool=True    # False: check and compute, write nothing
+                      ) -> dict:
+    "Build the offline tables of `fsets` with Spark in one pass, checked like `Lake.read_lake`; per feature set: table, path, rows, partitions."
+    say, root, times = progress or (lambda m: None), settings.datalake_root, TimeRules.from_settings(settings)
+    lake = Lake(root, settings.s3_endpoint_url, settings.region)
+    plan = lake_plan(fsets, (root, settings.s3_endpoint_url, settings.region), times_us(times))
+    with spark_session_for(settings, spark, progress) as spark:
+        require_utc(spark)
+        t0 = time.perf_counter(); checked = check_footers(spark, lake, plan, times)
+        say("lake: footers checked: " + ", ".join(f"{t} {counted(len(c), 'partition')} ({counted(sum(map(len, c.values())), 'file')})" for t, c in checked.items()) + f" ({time.perf_counter() - t0:.1f} s)")
+        stage = f"{lake.base}/_staging/{uuid.uuid4().hex}" if write else None
+        try:
+            t0 = time.perf_counter(); found = run_lake_pass(spark, lake, dataclasses.replace(plan, stage=stage), checked, progress)
+            say(_pass_said(found, fsets, time.perf_counter() - t0, write))
+            raise_first_problem(lake, plan.specs, checked, found, times)
+            for t, (n, users, first) in found["unknown"].items(): tell_unknown_users(t, n, users, first)
+            t0 = time.perf_counter(); commit_staged(lake, found["files"]); committed = time.perf_counter() - t0
+        finally:
+            if stage: remove_staging(lake, stage)
+    out = {f.name: _table_said(f, root, found["rows"]) for f in fsets}
+    if write: say("wrote " + "; ".join(f"{r['table']}: {counted(r['rows'], 'row')} in {counted(len(r['partitions']), 'partition')}" for r in out.values()) + f" ({committed:.1f} s)")
     return out
 
 # %% ../nbs/03a_spark.ipynb #f6d7c55b

@@ -7,7 +7,7 @@ pip into ~/.cache/nutrino-ml/ and reused by later runs. The test is skipped only
 the package index cannot be reached. Airflow runs with a temporary AIRFLOW_HOME, SQLite metadata, no examples,
 and without the project's NUTRINO_* variables: the settings reach the tasks through the generated DAG.
 """
-import fcntl, hashlib, json, os, shutil, subprocess, time, urllib.error, urllib.request
+import fcntl, hashlib, json, os, shutil, subprocess, time, urllib.error, urllib.request, warnings
 from pathlib import Path
 
 import pytest
@@ -114,9 +114,9 @@ def test_generated_dags_load_without_import_errors(airflow):
 
 
 def test_airflow_sees_the_pipelines_dependencies_and_the_schedule(airflow):
-    from nutrino_ml.schedule import model_tasks, pipeline_graph, read_env, schedule_config
+    from nutrino_ml.schedule import model_tasks, pipeline_graph, read_schedule, schedule_config
     seen = json.loads(airflow["call"]("python", "-W", "error::DeprecationWarning", "-c", DESCRIBE, *airflow["files"]).stdout.splitlines()[-1])
-    graph, block = pipeline_graph(ROOT / "pipelines"), read_env(ROOT / "pipelines")["schedule"]
+    graph, block = pipeline_graph(ROOT / "pipelines"), read_schedule(ROOT / "pipelines")
     for model, dag_id in DAG_IDS.items():
         assert seen[dag_id]["upstream"] == {t: sorted(up) for t, up in model_tasks(graph, model).items()}, dag_id
         assert seen[dag_id]["schedule"] == schedule_config(block, model)["schedule"], dag_id
@@ -166,3 +166,14 @@ def test_the_cli_writes_one_dag_per_model(tmp_path):
         assert "'NUTRINO_PROFILE': 'aws'" in f.read_text(), f.name
     bad = subprocess.run([str(BIN / "nutrino-ml"), "schedule", "airflow", "--out", str(tmp_path), "--env", "NOEQUALS"], capture_output=True, text=True)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_env_yaml_holds_only_pipeline_parameters_so_ploomber_does_not_warn():
+    # the schedule lives in pipelines/schedule.yaml: every key of env.yaml is a parameter some task uses, so loading the
+    # pipeline (what `ploomber build`, `status` and `plot` do first) warns about no unused placeholder
+    from nutrino_ml.schedule import pipeline_graph, read_env, read_schedule
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline_graph(ROOT / "pipelines")
+    assert [str(w.message) for w in caught if "declared in the environment but unused" in str(w.message)] == []
+    assert "schedule" not in read_env(ROOT / "pipelines") and read_schedule(ROOT / "pipelines")["schedule"] == "@daily"

@@ -55,3 +55,20 @@ def public_without_example(nb: Path) -> list:
 @pytest.mark.parametrize("nb", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "nbs").rglob("*.ipynb")))
 def test_every_public_name_has_an_asserting_example(nb):
     assert public_without_example(ROOT / nb) == [], f"{nb}: public names with no asserting example"
+
+
+@pytest.mark.parametrize("nb", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "nbs").rglob("*.ipynb")))
+def test_every_notebook_names_the_projects_kernel(nb):
+    "JupyterLab opens a notebook on the kernel its metadata names, without a 'Select Kernel' dialog, when that kernel exists."
+    from jupyter_client.kernelspec import KernelSpecManager
+    spec = json.loads((ROOT / nb).read_text())["metadata"].get("kernelspec", {})
+    assert spec.get("name") == "python3", f"{nb}: kernelspec {spec or 'missing'}; the project's kernel is python3 (.venv)"
+    assert Path(KernelSpecManager().get_kernel_spec("python3").argv[0]).name.startswith("python"), "no python3 kernel in the venv"
+
+
+def test_every_cli_option_has_help():
+    import argparse
+    from nutrino_ml.cli import make_parser, walk_parsers
+    missing = [(" ".join(words), a.option_strings or a.dest) for words, p in walk_parsers(make_parser()) for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert missing == [], f"options without help text: {missing}"

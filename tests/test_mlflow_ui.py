@@ -48,6 +48,11 @@ def test_a_pipeline_run_is_named_sourced_and_has_its_lake_partitions_as_dataset(
     assert json.loads(d.dataset.profile) == {"partitions": len(partitions), "rows": sum(p["rows"] for p in partitions), "sha256": sha}
     dts = sorted(p["dt"] for p in partitions)
     assert d.dataset.name == f"lake {'+'.join(sorted({p['table'] for p in partitions}))} {dts[0]}..{dts[-1]}"
+    # the run's description (first on its page) says its held-out error against its best baseline, and its data
+    m = r.data.metrics
+    assert r.data.tags["mlflow.note.content"].startswith(
+        f"{model}: held-out MAE {m['mae']:.2f} mg/dL, {1 - m['mae'] / m['best_baseline_mae']:.1%} below its best naive baseline ("), r.data.tags["mlflow.note.content"]
+    assert f"; trained on {d.dataset.name}." in r.data.tags["mlflow.note.content"]
 
 
 def aliases(client, name=FORECAST):

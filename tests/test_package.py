@@ -127,7 +127,7 @@ def test_prod_requires_an_api_key_on_model_routes_and_dev_does_not(package):
 LOGS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 LEAST = {  # what each function may do, and nothing more
     "app.app": LOGS | {"dynamodb:GetItem"},  # serving reads each user's latest feature row
-    "app.features_from_stream": LOGS | {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+    "app.features_from_stream": LOGS | {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem",
                                         "dynamodb:BatchWriteItem", "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
                                         "kinesis:GetShardIterator", "kinesis:ListShards", "sqs:GetQueueUrl", "sqs:SendMessage"},
 }

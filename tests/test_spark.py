@@ -14,7 +14,7 @@ import pytest
 from helpers import MODELS, ROOT, process_state_restored
 from nutrino_ml.config import load_settings
 from nutrino_ml.datalake import TABLES, DatalakeError, Lake
-from nutrino_ml.runtime.features import FEATURE_SETS
+from nutrino_ml.runtime.features import FEATURE_SETS, feature_fingerprint
 from nutrino_ml.offline import build_features, conform
 from nutrino_ml.runtime.serving import ServedModels
 from nutrino_ml.simulate import simulate_lake, write_simulated_lake
@@ -98,7 +98,11 @@ def test_feature_tables_from_a_lake_with_late_events(spark, events, tmp_path):
     parts = write_late_lake(lake, events)
     assert parts["glucose"][-1] == "2026-01-04"  # late events of the last day made a partition of their own
     settings = settings_for(tmp_path / "lake")
-    by_spark = build_feature_tables(settings, "spark", spark=spark)
+    said = []
+    by_spark = build_feature_tables(settings, "spark", spark=spark, progress=said.append)
+    assert [l.split(":")[0] for l in said] == ["lake", "spark", "wrote features_meal_response"], said
+    assert said[1].startswith(f"spark: one pass over {sum(map(len, events.values())):,} events") and "the executors ran" in said[1], said
+    assert not (tmp_path / "lake" / "_staging").exists()
     for fset in FEATURE_SETS.values():
         r = by_spark[fset.name]
         written = lake.read_table(feature_table(fset), feature_table_spec(fset))   # read back by pandas, checked
@@ -107,6 +111,8 @@ def test_feature_tables_from_a_lake_with_late_events(spark, events, tmp_path):
         for p in (tmp_path / "lake" / feature_table(fset)).glob("dt=*"):
             assert any(p.glob("*.parquet")), f"{fset.name}: {p.name}"
         assert_same_rows(written, build_features(fset, events), fset)
+        first = next((tmp_path / "lake" / feature_table(fset)).glob("dt=*/*.parquet"))
+        assert pd.read_parquet(first).attrs["feature_fingerprint"] == feature_fingerprint(fset), fset.name  # as the pandas engine's tables
     by_pandas = build_feature_tables(settings, "pandas")
     for fset in FEATURE_SETS.values():
         assert by_pandas[fset.name]["rows"] == by_spark[fset.name]["rows"], fset.name
@@ -142,6 +148,12 @@ def _add_file(lake_root, table, dt, change):
     change(df.assign(event_id=df.event_id + "-2")).to_parquet(part.with_name("part-1.parquet"), index=False)
 
 
+def _again(lake_root, table, dt, to_dt, rows):
+    """Deliver `rows` (positions) of partition `dt`'s file again, as a second file of partition `to_dt`."""
+    part = next((lake_root / table / f"dt={dt}").glob("*.parquet"))
+    pq.read_table(part).to_pandas().iloc[rows].to_parquet(lake_root / table / f"dt={to_dt}" / "part-1.parquet", index=False)
+
+
 # Lakes that lie, as they were seen from outside: each defect and the words both engines must refuse it with.
 LIES = {
     "readings shifted three hours into the next day": (
@@ -164,6 +176,11 @@ LIES = {
     "a cut-off file": (
         lambda r: (lambda p: p.write_bytes(p.read_bytes()[:500]))(next((r / "glucose" / "dt=2026-01-02").glob("*.parquet"))),
         "glucose/dt=2026-01-02, file", "unreadable parquet"),
+    "readings delivered again the next day (the first in the table's order is named)": (
+        lambda r: _again(r, "glucose", "2026-01-02", "2026-01-03", [40, 7, 23]),
+        "glucose: column 'event_id' value", "appears in partitions ['2026-01-02', '2026-01-03']"),
+    "a meal delivered twice in one partition": (
+        lambda r: _again(r, "meals", "2026-01-02", "2026-01-02", [1]), "meals/dt=2026-01-02: column 'event_id' has 1 duplicate values", ""),
     "missing carbs": (
         lambda r: _rewrite(r, "meals", "2026-01-02", lambda d: d.assign(carbs_g=d.carbs_g.where(d.index != 1))),
         "meals/dt=2026-01-02: column 'carbs_g' has 1 missing values", ""),
@@ -182,7 +199,7 @@ def test_a_lake_that_lies_fails_both_engines_with_the_same_line(spark, events, t
         build_feature_tables(settings, "spark", spark=spark)
     assert str(by_spark.value) == str(by_pandas.value), lie
     assert start in str(by_pandas.value) and part in str(by_pandas.value) and "\n" not in str(by_pandas.value), str(by_pandas.value)
-    assert not list((tmp_path / "lake").glob("features_*")), lie
+    assert not list((tmp_path / "lake").glob("features_*")) and not (tmp_path / "lake" / "_staging").exists(), lie
 
 
 def test_late_events_integer_readings_and_unknown_columns_still_build_alike(spark, events, tmp_path):

@@ -323,3 +323,99 @@ def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, 
         r = c.http.post("/models/glucose-forecast/predict", headers=JSON, body=json.dumps({"user_id": "u001"}))
         assert r.status_code == 200 and r.json_body["online"]["feature_set"] == "glucose_forecast"
     assert set(MODELS) == {m["name"] for m in json.loads(Client(app.app).http.get("/models").body)["models"]}
+
+
+# --- issue 18: one write per batch, each window read once, a window cache that the store keeps honest ----------
+SHARD = as_records(events_from_frames(simulate_lake(users=20, days=1, seed=7)))[:1020]  # 20 profiles, then 1,000 readings and meals in time order
+
+
+def count_requests(client):
+    """The DynamoDB operations `client` sends over HTTP (every round trip, retries included), as a list that grows."""
+    sent = []
+    def hook(request, **kw):
+        target = request.headers.get("X-Amz-Target", "?")
+        sent.append((target.decode() if isinstance(target, bytes) else target).rsplit(".", 1)[-1])
+    client.meta.events.register("before-send.dynamodb", hook)
+    return sent
+
+
+@pytest.mark.parametrize("cache_events", [0, 200_000], ids=["cold container", "warm container"])
+def test_dynamodb_takes_at_most_three_round_trips_per_user_per_batch(moto_server, tmp_path, cache_events):
+    """Batches of 100 records of 20 users (about five each): the DynamoDB requests of a batch, counted at the client, are at
+    most 3 per user once a user has a head (and on average over the stream), and the store ends as the SQLite one does."""
+    from nutrino_ml.runtime.stream import StreamProcessor
+    dyn = DynamoStore(f"round-trips-{cache_events}", "eu-west-1", moto_server, create=True)
+    sent = count_requests(dyn.db)
+    procs = [StreamProcessor(store, SQLiteDeadLetter(tmp_path / "dead.db"), log=lambda r: None, cache_events=cache_events)
+             for store in (dyn, SQLiteStore(tmp_path / "online.db"))]
+    per_user = []
+    for i in range(0, len(SHARD), 100):
+        batch, before = SHARD[i:i + 100], len(sent)
+        assert [p.process_event(kinesis_event(batch)) for p in procs] == [{"batchItemFailures": []}] * 2
+        per_user.append((len(sent) - before) / len({pk for _, _, pk in batch}))
+    assert "PutItem" not in sent and "DeleteItem" not in sent, sorted(set(sent))  # every write in a BatchWriteItem
+    assert max(per_user[1:]) <= 3 and sum(per_user) / len(per_user) <= 3, per_user  # the first batch meets every user (no head yet)
+    lite = procs[1].store
+    for u in sorted({pk for _, _, pk in SHARD}):
+        for name in FEATURE_SETS:
+            assert dyn.rows(name, u) == lite.rows(name, u) and dyn.latest_row(name, u) == lite.latest_row(name, u), (name, u)
+        assert dyn.events("glucose", u) == lite.events("glucose", u) and dyn.heads([u])[u]["newest"] == lite.heads([u])[u]["newest"], u
+
+
+def test_a_warm_container_reads_again_what_another_container_wrote(built, app_env):
+    """The shard moves between two containers (two app modules, each with its own window cache) batch after batch, with late,
+    repeated and out-of-order events: each container uses its cached windows only while the store's heads say nobody else
+    wrote the user, and the rows are the pandas rows."""
+    apps = [stream_app(built, app_env / name) for name in ("a", "b")]
+    procs, stats = [app.stream_processor() for app in apps], []
+    for p in procs:
+        p.log = lambda r: stats.append(r) if r.get("event") == "stream_batch" else None
+    recs = as_records(messy(events_from_frames(LAKE), seed=4))
+    owner = np.random.default_rng(0).integers(0, 2, len(recs) // 50 + 1).repeat(3)  # a few batches in a row, then the other one
+    for k, i in enumerate(range(0, len(recs), 50)):
+        assert apps[owner[k]].features_from_stream(kinesis_event(recs[i:i + 50]), None) == {"batchItemFailures": []}
+    store = SQLiteStore(app_env / "online.db")
+    for name, fs in FEATURE_SETS.items():
+        assert_same_rows(store.rows(name), build_features(fs, LAKE), fs)
+    assert sum(s.get("windows_cached", 0) for s in stats) > 0 and sum(s.get("windows_read", 0) for s in stats) > len(LAKE["users"]), stats[:3]
+
+
+class Unhurried:
+    """A DynamoDB client that processes only half of every other BatchWriteItem and BatchGetItem, as a throttled table does."""
+    def __init__(self, client):
+        self.client, self.calls = client, 0
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+    def batch_write_item(self, RequestItems):
+        self.calls += 1
+        (table, reqs), = RequestItems.items()
+        if self.calls % 2 or len(reqs) < 2:
+            return self.client.batch_write_item(RequestItems=RequestItems)
+        self.client.batch_write_item(RequestItems={table: reqs[:len(reqs) // 2]})
+        return {"UnprocessedItems": {table: reqs[len(reqs) // 2:]}}
+    def batch_get_item(self, RequestItems):
+        self.calls += 1
+        (table, ask), = RequestItems.items()
+        if self.calls % 2 or len(ask["Keys"]) < 2:
+            return self.client.batch_get_item(RequestItems=RequestItems)
+        half = len(ask["Keys"]) // 2
+        r = self.client.batch_get_item(RequestItems={table: {**ask, "Keys": ask["Keys"][:half]}})
+        return {**r, "UnprocessedKeys": {table: {**ask, "Keys": ask["Keys"][half:]}}}
+
+
+def test_unprocessed_items_are_sent_again_and_the_window_cache_stays_bounded(moto_server, tmp_path):
+    """DynamoDB leaves half of some batch calls unprocessed: they are sent again, and the store ends as the SQLite one does;
+    a container whose cache holds 60 events keeps no more than that, and computes the same rows."""
+    from nutrino_ml.runtime.online import aws_client
+    from nutrino_ml.runtime.stream import StreamProcessor
+    DynamoStore("unhurried", "eu-west-1", moto_server, create=True)
+    client = Unhurried(aws_client("dynamodb", "eu-west-1", moto_server))
+    dyn = StreamProcessor(DynamoStore("unhurried", client=client), SQLiteDeadLetter(tmp_path / "d.db"), log=lambda r: None, cache_events=60)
+    lite = StreamProcessor(SQLiteStore(tmp_path / "s.db"), SQLiteDeadLetter(tmp_path / "d.db"), log=lambda r: None)
+    for i in range(0, 600, 100):
+        assert dyn.process_event(kinesis_event(SHARD[i:i + 100])) == lite.process_event(kinesis_event(SHARD[i:i + 100])) == {"batchItemFailures": []}
+        assert dyn.cache.events <= 60 and dyn.cache.events == sum(len(w) for w in dyn.cache.windows.values())
+    assert client.calls > 10 and 0 < len(dyn.cache.windows) < 20
+    for u in sorted({pk for _, _, pk in SHARD[:600]}):
+        for name in FEATURE_SETS:
+            assert dyn.store.rows(name, u) == lite.store.rows(name, u) and dyn.store.latest_row(name, u) == lite.store.latest_row(name, u), (name, u)

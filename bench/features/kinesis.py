@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def kinesis_throughput(batch_sizes=(100, 10_000), users=20, days=3, seed=3) -> dict:
-    """{batch size: {records, batches, seconds, records_per_s, rows_written}} for the app's Kinesis handler."""
+    """{batch size: {records, batches, seconds, records_per_s, cpu_ms_per_batch, records_per_cpu_s, rows_written}} for the app's
+    Kinesis handler (CPU = this process's `process_time`: the machine may be shared; bench/stream measures more)."""
     import importlib.util
     from nutrino_ml.replay import as_records, events_from_frames
     from nutrino_ml.runtime.stream import kinesis_event
@@ -33,11 +34,13 @@ def kinesis_throughput(batch_sizes=(100, 10_000), users=20, days=3, seed=3) -> d
         batches = [kinesis_event(records[i:i + size]) for i in range(0, len(records), size)]
         lines = []
         app.stream_processor().log = lines.append  # keep the batch log lines out of stdout
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for ev in batches:
             assert app.features_from_stream(ev, None) == {"batchItemFailures": []}
-        s = time.perf_counter() - t
+        s, cpu = time.perf_counter() - t, time.process_time() - c
         out[size] = {"records": len(records), "batches": len(batches), "seconds": round(s, 3), "records_per_s": round(len(records) / s),
+                     "cpu_seconds": round(cpu, 3), "records_per_cpu_s": round(len(records) / cpu), "cpu_ms_per_batch": round(cpu * 1e3 / len(batches), 1),
+                     "loadavg": os.getloadavg(),
                      "rows_written": sum(l.get("rows", 0) for l in lines if l.get("event") == "stream_batch"),
                      "users": users, "ms_per_batch_p50": sorted(l["ms"] for l in lines if l.get("event") == "stream_batch")[len(batches) // 2]}
     return out

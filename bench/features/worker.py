@@ -1,19 +1,23 @@
 """One measured step of the features benchmark, in a fresh process (started by bench/features/run.py).
 
     python worker.py synth    --lake DIR --events N [--days D] [--seed S]
-    python worker.py features --lake DIR --engine pandas|spark [--master local[2]] [--driver-memory 2g]
+    python worker.py features --lake DIR --engine pandas|spark [--master local[2]] [--driver-memory 2g] [--watch-pids 1,2]
     python worker.py score    --lake DIR --bundles DIR --tracking-uri URI --rows N [--master local[2]]
 
-Each prints one line `RESULT {json}` at the end. While it works, a thread samples the resident memory of this
-process and of every process it started (for Spark: the JVM, and the Python workers the JVM starts), so the peak
-is the whole engine's, not only the driver's.
+Each prints one line `RESULT {json}` at the end. While it works, a thread samples the resident memory and the CPU
+time (user + system) of this process and of every process it started (for Spark: the JVM, and the Python workers the
+JVM starts), and of the process trees of `--watch-pids` (a standalone cluster's master and workers, whose executors
+do the work), so the peak memory and the CPU time are the whole engine's, not only the driver's. CPU time is what a
+busy machine does not distort much: other work on the same cores stretches the wall time, not this tree's CPU time.
 """
 from __future__ import annotations
 
 import argparse, json, os, sys, threading, time
+from contextlib import contextmanager
 from pathlib import Path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
 MiB = 1024 * 1024
 
 
@@ -47,6 +51,16 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) process `pid` has used so far; 0 once it is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return 0.0
+    f = stat[stat.rindex(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
 def _hwm(pid: int) -> int:
     try:
         return next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
@@ -55,21 +69,39 @@ def _hwm(pid: int) -> int:
 
 
 class TreeMemory:
-    """Samples the summed RSS of this process and its descendants every `every` seconds; keeps the peak."""
-    def __init__(self, every=0.1):
-        self.every, self.peak, self.peak_procs, self.hwm, self._stop = every, 0, 0, {}, threading.Event()
+    """Samples the summed RSS of this process, its descendants and the trees of `also` (pids) every `every` seconds; keeps
+    the peak, and each process's CPU time as last seen (a process that lives less than `every` may be missed)."""
+    def __init__(self, every=0.1, also=()):
+        self.every, self.also, self.peak, self.peak_procs, self.hwm, self.cpu = every, tuple(also), 0, 0, {}, {}
+        self._stop, self._lock = threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        me = os.getpid()
-        while not self._stop.is_set():
-            pids = _tree(me)
-            total = sum(_rss(p) for p in pids)
+    def _sample(self):
+        kids, pids = _children(), []
+        for root in (os.getpid(), *self.also):
+            todo = [root]
+            while todo:
+                p = todo.pop()
+                pids.append(p)
+                todo += kids.get(p, [])
+        total = sum(_rss(p) for p in pids)
+        with self._lock:
             if total > self.peak:
                 self.peak, self.peak_procs = total, len(pids)
-            for p in pids:   # each process's own high-water mark, as last seen
+            for p in pids:   # each process's own high-water mark and CPU time, as last seen
                 self.hwm[p] = max(self.hwm.get(p, 0), _hwm(p))
+                self.cpu[p] = max(self.cpu.get(p, 0.0), _cpu(p))
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
             self._stop.wait(self.every)
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the watched trees so far (sampled now)."""
+        self._sample()
+        with self._lock:
+            return sum(self.cpu.values())
 
     def __enter__(self):
         self.thread.start()
@@ -82,7 +114,15 @@ class TreeMemory:
     def report(self) -> dict:
         return {"peak_tree_rss_mib": self.peak / MiB, "processes_at_peak": self.peak_procs,
                 "driver_vmhwm_mib": _hwm(os.getpid()) / MiB, "sum_of_process_peaks_mib": sum(self.hwm.values()) / MiB,
-                "sample_every_s": self.every}
+                "cpu_s": sum(self.cpu.values()), "sample_every_s": self.every}
+
+
+@contextmanager
+def timed(out: dict, name: str, mem: TreeMemory):
+    """Wall seconds of the block into out[name + "_s"], CPU seconds of the watched trees into out[name + "_cpu_s"]."""
+    t, c = time.perf_counter(), mem.cpu_s()
+    yield
+    out[name + "_s"], out[name + "_cpu_s"] = time.perf_counter() - t, mem.cpu_s() - c
 
 
 # --- synthetic lake ---------------------------------------------------------------------------------------------
@@ -136,39 +176,33 @@ def settings_for(lake_dir: str, master: str):
     return dataclasses.replace(load_settings("test", environ={}), datalake_root=str(Path(lake_dir).resolve()), spark_master=master)
 
 
-def features(lake_dir: str, engine: str, master: str, driver_memory: str) -> dict:
+def features(lake_dir: str, engine: str, master: str, driver_memory: str, mem: TreeMemory) -> dict:
     """`build_feature_tables` (read + check the raw tables, compute both feature sets, write both offline tables),
-    then the feature computation alone on tables already read (pandas: frames in memory; Spark: the lake's parquet
-    read unchecked, output to the `noop` sink)."""
+    then the feature computation alone: pandas on frames already read and checked; Spark as the same one pass
+    (read, check, compute both sets) writing nothing (`build_tables_spark(write=False)`). Wall and CPU seconds of each."""
     from nutrino_ml.datalake import Lake
     from nutrino_ml.runtime.features import FEATURE_SETS
     from nutrino_ml.offline import build_feature_tables, build_features
-    from nutrino_ml.spark import build_features_spark, read_lake_table_spark, spark_session
-    settings, out = settings_for(lake_dir, master), {"engine": engine}
-    raw = ("users", "meals", "glucose")
+    from nutrino_ml.spark import build_tables_spark, spark_session
+    settings, out = settings_for(lake_dir, master), {"engine": engine, "master": master}
     if engine == "pandas":
-        t = time.perf_counter()
-        out["tables"] = build_feature_tables(settings, "pandas")
-        out["build_s"] = time.perf_counter() - t
+        with timed(out, "build", mem):
+            out["tables"] = build_feature_tables(settings, "pandas")
         lake = Lake(settings.datalake_root)
-        tables = {n: lake.read_table(n) for n in raw}
-        t = time.perf_counter()
-        out["compute_rows"] = {n: len(build_features(f, tables)) for n, f in FEATURE_SETS.items()}
-        out["compute_s"] = time.perf_counter() - t
+        tables = {n: lake.read_table(n) for n in ("users", "meals", "glucose")}
+        with timed(out, "compute", mem):
+            out["compute_rows"] = {n: len(build_features(f, tables)) for n, f in FEATURE_SETS.items()}
         return out
-    t = time.perf_counter()
-    spark = spark_session(settings, "nutrino_ml-bench", {"spark.driver.memory": driver_memory})
-    out["session_start_s"] = time.perf_counter() - t
+    conf = {"spark.driver.memory": driver_memory, **({} if master.startswith("local") else {"spark.executor.memory": "1g"})}
+    with timed(out, "session_start", mem):
+        spark = spark_session(settings, "nutrino_ml-bench", conf)
     try:
-        t = time.perf_counter()
-        out["tables"] = build_feature_tables(settings, "spark", spark=spark)
-        out["build_s"] = time.perf_counter() - t
-        tables = {n: read_lake_table_spark(spark, settings.datalake_root, n, validate=False) for n in raw}
-        t = time.perf_counter()
-        for f in FEATURE_SETS.values():
-            build_features_spark(f, spark, {n: tables[n] for n in f.tables}).write.format("noop").mode("overwrite").save()
-        out["compute_s"] = time.perf_counter() - t
-        out["compute_rows"] = {n: r["rows"] for n, r in out["tables"].items()}
+        said = []
+        with timed(out, "build", mem):
+            out["tables"] = build_feature_tables(settings, "spark", spark=spark, progress=said.append)
+        with timed(out, "compute", mem):
+            dry = build_tables_spark(settings, list(FEATURE_SETS.values()), spark, write=False)
+        out["compute_rows"], out["progress"] = {n: r["rows"] for n, r in dry.items()}, said
     finally:
         spark.stop()
     return out
@@ -237,13 +271,14 @@ def main():
     ap.add_argument("--bundles")
     ap.add_argument("--tracking-uri")
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--watch-pids", default="", help="comma-separated pids whose process trees count too (a cluster's daemons)")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    with TreeMemory() as mem:
+    with TreeMemory(also=[int(p) for p in a.watch_pids.split(",") if p]) as mem:
         if a.step == "synth":
             r = synth(a.lake, a.events, a.days, a.seed)
         elif a.step == "features":
-            r = features(a.lake, a.engine, a.master, a.driver_memory)
+            r = features(a.lake, a.engine, a.master, a.driver_memory, mem)
         else:
             r = score(a.lake, a.bundles, a.tracking_uri, a.rows, a.master, a.driver_memory)
     r.update(memory=mem.report(), wall_s=time.perf_counter() - t0)

@@ -3,16 +3,16 @@
 Started by bench/serving/run.py as `python -I -S -B lambda_worker.py ROWS OUT N_WARM N_REQ details|- [BLOCKS MINE THEIRS]`
 with cwd = the unzipped deployment.zip: no site-packages, only what the zip holds (as in Lambda); `details` adds the
 pieces of a request and a cProfile (the first round only). With BLOCKS and two FIFOs, it takes turns with the pyfunc
-worker (common.Turns): its import, its warm-up and each of BLOCKS blocks of requests are one turn. Standard library
-only besides the package.
+worker (common.Turns): its import, its warm-up and each of BLOCKS blocks of requests are one turn. Every variant also
+gets its CPU time (`time.process_time_ns` around its share of each block) and its time in the garbage collector. Standard library only besides the package.
 Prints the app's JSON log lines to stdout (a pipe read by the parent, like Lambda's stdout -> CloudWatch); writes
 its measurements as JSON to OUT.
 """
-import os, cProfile, io, json, pstats, resource, sys, time
+import gc, os, cProfile, io, json, pstats, resource, sys, time
 
 sys.path.insert(0, ".")
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder off the path
-from common import Turns, api_event as event, timed  # noqa: E402
+from common import Turns, api_event as event, timed, timed_cpu  # noqa: E402
 from array import array  # noqa: E402
 rows_file, out_file, n_warm, n_req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 DETAILS = sys.argv[5:6] == ["details"]
@@ -75,8 +75,10 @@ for name, case in CASES.items():
     timed(app.app, events, n_warm)
     SETUP[name] = bodies, events, direct
     result["models"][name] = {"first_request_ns": first_ns, "predictions": preds, "n": 0, "blocks": BLOCKS,
-                              "samples_ns": {k: array("q") for k in VARIANTS}, "block_p50_us": {k: [] for k in VARIANTS}}
+                              "samples_ns": {k: array("q") for k in VARIANTS}, "block_p50_us": {k: [] for k in VARIANTS},
+                              "cpu_ns": {k: [] for k in VARIANTS}, "cpu_n": {k: [] for k in VARIANTS}, "gc_ns": dict.fromkeys(VARIANTS, 0)}
 app.models.log = nolog
+gc.collect()   # as the pyfunc worker does after its loads: no collection left due from the setup
 TURNS.give()
 
 # BLOCKS turns; in each, per model, every variant in turn, so that a drift of the machine does not favour one of them
@@ -87,19 +89,22 @@ for b in range(BLOCKS):
         r, got = result["models"][name], {}
         # (i) Lambda handler, logging on (the deployed configuration), then with app.models.log -> no-op
         app.models.log = LOG
-        got["handler_log"] = timed(app.app, events, per)
+        got["handler_log"] = timed_cpu(app.app, events, per)
         app.models.log = nolog
-        got["handler_nolog"] = timed(app.app, events, per)
+        got["handler_nolog"] = timed_cpu(app.app, events, per)
         # (ii) protocols.native_answer on app.models directly (what the handler calls), both ways
-        got["direct_nolog"] = timed(native_answer, direct, per)
+        got["direct_nolog"] = timed_cpu(native_answer, direct, per)
         app.models.log = LOG
-        got["direct_log"] = timed(native_answer, direct, per)
+        got["direct_log"] = timed_cpu(native_answer, direct, per)
         # (iii) the same route through Chalice's own dispatch (Request, middleware, Response), without the fast path
-        got["chalice_log"] = timed(chalice_dispatch, events, per)
+        got["chalice_log"] = timed_cpu(chalice_dispatch, events, per)
         app.models.log = nolog
-        for k, v in got.items():
+        for k, (v, cpu, gc_ns) in got.items():
             r["samples_ns"][k] += v
             r["block_p50_us"][k].append(sorted(v)[len(v) // 2] / 1e3)
+            r["cpu_ns"][k].append(cpu)
+            r["cpu_n"][k].append(len(v))
+            r["gc_ns"][k] += gc_ns
         r["n"] += per
     if b < BLOCKS - 1:
         TURNS.give()   # the last turn goes on: the details below are measured before handing over

@@ -54,6 +54,43 @@ def _mark_dead_lettered(self:OnlineStore, record_id:str, reason:str):
 OnlineStore.put_rows, OnlineStore.rows, OnlineStore.put_latest_row, OnlineStore.latest_row = _put_rows, _rows, _put_latest_row, _latest_row
 OnlineStore.attempt, OnlineStore.dead_lettered, OnlineStore.mark_dead_lettered = _attempt, _dead_lettered, _mark_dead_lettered
 
+# %% ../../nbs/runtime/11_online.ipynb #a0b9af4a
+def _begin(self:OnlineStore):
+    "Hold every write until `commit` (one batch at a time per store object)."
+    self._held = {}
+
+def _hold(self:OnlineStore, entity:str, writes:list) -> bool:
+    "Keep `writes` of `entity` for `commit` if a batch is open; False if they must go out now."
+    held = getattr(self, "_held", None)
+    if held is None: return False
+    held.setdefault(entity, []).extend(writes)
+    return True
+
+def _discard(self:OnlineStore, entity:str):
+    "Drop the held writes of `entity` (its update failed half way)."
+    (getattr(self, "_held", None) or {}).pop(entity, None)
+
+def _commit(self:OnlineStore) -> dict:
+    "Send the held writes; `{entity: error}` of the entities whose writes failed (the others' are kept)."
+    held, self._held = getattr(self, "_held", None) or {}, None
+    return self._send(held) if held else {}
+
+def _send(self:OnlineStore, held:dict) -> dict:
+    "Write `{entity: [write, ...]}` entity by entity; `{entity: error}` of those that failed."
+    raise NotImplementedError
+
+OnlineStore.begin, OnlineStore._hold, OnlineStore.discard, OnlineStore.commit, OnlineStore._send = _begin, _hold, _discard, _commit, _send
+
+# %% ../../nbs/runtime/11_online.ipynb #f5d75465
+def _heads(self:OnlineStore, entities:list) -> dict:
+    "`{entity: head}` of those `entities` that have one, in one read (one per 100 entities on DynamoDB)."
+    raise NotImplementedError
+def _put_head(self:OnlineStore, entity:str, head:dict):
+    "Set the head of `entity` (a dict: `v`, `newest` and `oldest` `{table: ts}`, `profile`)."
+    raise NotImplementedError
+
+OnlineStore.heads, OnlineStore.put_head = _heads, _put_head
+
 # %% ../../nbs/runtime/11_online.ipynb #b9c2ca22
 def _dumps(v) -> str: return json.dumps(v, separators=(",", ":"), default=_plain)
 
@@ -78,6 +115,7 @@ CREATE TABLE IF NOT EXISTS rows (fset TEXT, entity TEXT, event_id TEXT, ts INTEG
 CREATE TABLE IF NOT EXISTS now (fset TEXT, entity TEXT, body TEXT, updated REAL, PRIMARY KEY (fset, entity));
 CREATE TABLE IF NOT EXISTS attempts (id TEXT PRIMARY KEY, n INTEGER, reason TEXT, updated REAL);
 CREATE TABLE IF NOT EXISTS dead_lettered (id TEXT PRIMARY KEY, reason TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS heads (entity TEXT PRIMARY KEY, body TEXT);
 """
 
 class SQLiteStore(OnlineStore):
@@ -93,15 +131,27 @@ class SQLiteStore(OnlineStore):
         if db is None: db = self._local.db = sqlite3.connect(self.path, timeout=30)
         return db
 
-# %% ../../nbs/runtime/11_online.ipynb #42ba4257
-def _sqlite_put_events(self:SQLiteStore, table, entity, events, key):
+# %% ../../nbs/runtime/11_online.ipynb #28a23bbb
+def _sqlite_write(self:SQLiteStore, entity:str, stmts:list) -> int|None:
+    "Run `stmts` (`[(sql, rows), ...]`) in one transaction now (returns the rows the first changed), or hold them (None)."
+    if self._hold(entity, stmts): return None
     with self._db() as db:
         before = db.total_changes
-        db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?)", [(table, entity, str(e[key]), _ts(e), _dumps(e)) for e in events])
-        new = db.total_changes - before
-        if table == "users":  # a profile: the latest delivery wins
-            db.executemany("UPDATE events SET body=? WHERE tbl=? AND entity=? AND id=?", [(_dumps(e), table, entity, str(e[key])) for e in events])
-    return new
+        db.executemany(*stmts[0])
+        n = db.total_changes - before
+        for sql, rows in stmts[1:]: db.executemany(sql, rows)
+    return n
+
+def _drop_head(entity:str) -> tuple: return ("DELETE FROM heads WHERE entity=?", [(entity,)])
+
+SQLiteStore._write = _sqlite_write
+
+# %% ../../nbs/runtime/11_online.ipynb #42ba4257
+def _sqlite_put_events(self:SQLiteStore, table, entity, events, key):
+    rows = [(table, entity, str(e[key]), _ts(e), _dumps(e)) for e in events]
+    stmts = [("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?)", rows), _drop_head(entity)]
+    if table == "users": stmts.insert(1, ("UPDATE events SET body=? WHERE tbl=? AND entity=? AND id=?", [(r[4], table, entity, r[2]) for r in rows]))
+    return self._write(entity, stmts)  # a profile: the latest delivery wins
 
 def _sqlite_events(self:SQLiteStore, table, entity, lo=None, hi=None):
     q, args = "SELECT body FROM events WHERE tbl=? AND entity=?", [table, entity]
@@ -116,21 +166,20 @@ def _sqlite_newest_ts(self:SQLiteStore, table, entity):
     return self._db().execute("SELECT max(ts) FROM events WHERE tbl=? AND entity=?", (table, entity)).fetchone()[0]
 
 def _sqlite_prune(self:SQLiteStore, table, entity, before):
-    with self._db() as db: return db.execute("DELETE FROM events WHERE tbl=? AND entity=? AND ts < ?", (table, entity, int(before))).rowcount
+    return self._write(entity, [("DELETE FROM events WHERE tbl=? AND entity=? AND ts < ?", [(table, entity, int(before))]), _drop_head(entity)])
 
 SQLiteStore.newest_ts, SQLiteStore.prune = _sqlite_newest_ts, _sqlite_prune
 
 # %% ../../nbs/runtime/11_online.ipynb #4ff764b0
 def _sqlite_put_rows(self:SQLiteStore, fset, entity, rows):
-    with self._db() as db:
-        db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?)", [(fset, entity, str(r["event_id"]), _ts(r), _dumps(r)) for r in rows])
+    self._write(entity, [("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?)", [(fset, entity, str(r["event_id"]), _ts(r), _dumps(r)) for r in rows])])
 
 def _sqlite_rows(self:SQLiteStore, fset, entity=None):
     q, args = ("SELECT body FROM rows WHERE fset=?", [fset]) if entity is None else ("SELECT body FROM rows WHERE fset=? AND entity=?", [fset, entity])
     return [json.loads(b) for (b,) in self._db().execute(q + " ORDER BY entity, ts, event_id", args)]
 
 def _sqlite_put_latest_row(self:SQLiteStore, fset, entity, row):
-    with self._db() as db: db.execute("INSERT OR REPLACE INTO now VALUES (?,?,?,?)", (fset, entity, _dumps(row), time.time()))
+    self._write(entity, [("INSERT OR REPLACE INTO now VALUES (?,?,?,?)", [(fset, entity, _dumps(row), time.time())])])
 
 def _sqlite_latest_row(self:SQLiteStore, fset, entity):
     r = self._db().execute("SELECT body FROM now WHERE fset=? AND entity=?", (fset, entity)).fetchone()
@@ -153,6 +202,43 @@ def _sqlite_mark_dead_lettered(self:SQLiteStore, record_id, reason):
     with self._db() as db: db.execute("INSERT OR REPLACE INTO dead_lettered VALUES (?,?,?)", (record_id, reason, time.time()))
 
 SQLiteStore.attempt, SQLiteStore.dead_lettered, SQLiteStore.mark_dead_lettered = _sqlite_attempt, _sqlite_dead_lettered, _sqlite_mark_dead_lettered
+
+# %% ../../nbs/runtime/11_online.ipynb #ea88ec86
+def _sqlite_heads(self:SQLiteStore, entities):
+    es, out = list(dict.fromkeys(entities)), {}
+    for i in range(0, len(es), 500):
+        part = es[i:i + 500]
+        out.update((e, json.loads(b)) for e, b in self._db().execute(f"SELECT entity, body FROM heads WHERE entity IN ({','.join('?' * len(part))})", part))
+    return out
+
+def _sqlite_put_head(self:SQLiteStore, entity, head):
+    self._write(entity, [("INSERT OR REPLACE INTO heads VALUES (?,?)", [(entity, _dumps(head))])])
+
+SQLiteStore.heads, SQLiteStore.put_head = _sqlite_heads, _sqlite_put_head
+
+# %% ../../nbs/runtime/11_online.ipynb #7429d012
+def _savepoint(db:sqlite3.Connection, stmts:list):
+    "Run `stmts` inside a savepoint; the error (and nothing written) if one of them fails."
+    db.execute("SAVEPOINT entity")
+    try:
+        for sql, rows in stmts: db.executemany(sql, rows)
+    except sqlite3.Error as e:
+        db.execute("ROLLBACK TO entity"); db.execute("RELEASE entity")
+        return e
+    db.execute("RELEASE entity")
+
+def _sqlite_send(self:SQLiteStore, held):
+    db, failed = self._db(), {}
+    db.execute("BEGIN")
+    try:
+        for entity, stmts in held.items():
+            if (e := _savepoint(db, stmts)) is not None: failed[entity] = e
+        db.commit()
+    except BaseException:
+        db.rollback(); raise
+    return failed
+
+SQLiteStore._send = _sqlite_send
 
 # %% ../../nbs/runtime/11_online.ipynb #4dc0be55
 def aws_client(service:str, region:str="", endpoint_url:str=""):
@@ -179,34 +265,43 @@ class DynamoStore(OnlineStore):
         except self.db.exceptions.ResourceInUseException: pass
 
 # %% ../../nbs/runtime/11_online.ipynb #cf9eafa2
-def _query(self:DynamoStore, pk:str, lo:str|None=None, hi:str|None=None) -> list:
+def _query(self:DynamoStore, pk:str, lo:str|None=None, hi:str|None=None, keys_only:bool=False) -> list:
     cond, vals = "pk = :pk", {":pk": {"S": pk}}
     if lo is not None: cond, vals = cond + " AND sk BETWEEN :lo AND :hi", {**vals, ":lo": {"S": lo}, ":hi": {"S": hi}}
-    out, kw = [], {}
+    out, kw = [], {"ProjectionExpression": "pk, sk"} if keys_only else {}
     while True:
-        r = self.db.query(TableName=self.table, KeyConditionExpression=cond, ExpressionAttributeValues=vals, **kw)
+        r = self.db.query(TableName=self.table, KeyConditionExpression=cond, ExpressionAttributeValues=vals, ConsistentRead=True, **kw)
         out += r["Items"]
         if "LastEvaluatedKey" not in r: return out
-        kw = {"ExclusiveStartKey": r["LastEvaluatedKey"]}
+        kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
 
-def _put(self:DynamoStore, items:list):
-    for i in range(0, len(items), 25):  # BatchWriteItem takes 25 at a time; retry what it leaves
-        todo = {self.table: [{"PutRequest": {"Item": it}} for it in items[i:i + 25]]}
-        while todo: todo = self.db.batch_write_item(RequestItems=todo).get("UnprocessedItems") or None
+def _until_done(self:DynamoStore, send, todo, tries:int=8):
+    "Call `send(todo)`, which returns what is left undone, until nothing is; back off between tries."
+    for n in range(tries):
+        if not (todo := send(todo)): return
+        time.sleep(min(1.0, 0.025 * 2 ** n))
+    raise RuntimeError(f"DynamoDB left requests unprocessed after {tries} tries: table {self.table!r} is throttled; raise its capacity (the stream retries the batch)")
 
-DynamoStore._query, DynamoStore._put = _query, _put
+def _batch_write(self:DynamoStore, requests:list):
+    "Send write `requests` (PutRequest / DeleteRequest), 25 a BatchWriteItem call."
+    send = lambda todo: self.db.batch_write_item(RequestItems=todo).get("UnprocessedItems")
+    for i in range(0, len(requests), 25): self._until_done(send, {self.table: requests[i:i + 25]})
+
+DynamoStore._query, DynamoStore._until_done, DynamoStore._batch_write = _query, _until_done, _batch_write
 
 # %% ../../nbs/runtime/11_online.ipynb #81807870
+def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
+
 def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
-    pk = f"ev#{table}#{entity}"
+    items = [{"pk": {"S": f"ev#{table}#{entity}"}, "sk": {"S": _sk(_ts(e), str(e[key]))}, "body": {"S": _dumps(e)}} for e in events]
+    if self._hold(entity, [{"PutRequest": {"Item": it}} for it in items] + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return None
     new = 0
-    for e in events:
-        sk = _sk(_ts(e), str(e[key]))
+    for it in items:
         try:
-            self.db.put_item(TableName=self.table, Item={"pk": {"S": pk}, "sk": {"S": sk}, "body": {"S": _dumps(e)}},
-                             **({} if table == "users" else {"ConditionExpression": "attribute_not_exists(sk)"}))
+            self.db.put_item(TableName=self.table, Item=it, **({} if table == "users" else {"ConditionExpression": "attribute_not_exists(sk)"}))
             new += 1
         except self.db.exceptions.ConditionalCheckFailedException: pass
+    self.db.delete_item(TableName=self.table, Key=_head_key(entity))
     return new
 
 def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
@@ -218,19 +313,21 @@ DynamoStore.put_events, DynamoStore.events = _dynamo_put_events, _dynamo_events
 # %% ../../nbs/runtime/11_online.ipynb #bdc79a9c
 def _dynamo_newest_ts(self:DynamoStore, table, entity):
     r = self.db.query(TableName=self.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"ev#{table}#{entity}"}},
-                      ScanIndexForward=False, Limit=1)["Items"]
+                      ScanIndexForward=False, Limit=1, ConsistentRead=True)["Items"]
     return int(r[0]["sk"]["S"].split("#", 1)[0]) if r else None
 
 def _dynamo_prune(self:DynamoStore, table, entity, before):
-    old = self._query(f"ev#{table}#{entity}", _sk(0, ""), _sk(int(before) - 1, "~"))
-    for i in old: self.db.delete_item(TableName=self.table, Key={"pk": i["pk"], "sk": i["sk"]})
+    old = self._query(f"ev#{table}#{entity}", _sk(0, ""), _sk(int(before) - 1, "~"), keys_only=True)
+    if self._hold(entity, [{"DeleteRequest": {"Key": k}} for k in old] + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return len(old)
+    for k in old + [_head_key(entity)]: self.db.delete_item(TableName=self.table, Key=k)
     return len(old)
 
 DynamoStore.newest_ts, DynamoStore.prune = _dynamo_newest_ts, _dynamo_prune
 
 # %% ../../nbs/runtime/11_online.ipynb #ce0f6e7e
 def _dynamo_put_rows(self:DynamoStore, fset, entity, rows):
-    self._put([{"pk": {"S": f"row#{fset}#{entity}"}, "sk": {"S": _sk(_ts(r), str(r["event_id"]))}, "body": {"S": _dumps(r)}} for r in rows])
+    puts = [{"PutRequest": {"Item": {"pk": {"S": f"row#{fset}#{entity}"}, "sk": {"S": _sk(_ts(r), str(r["event_id"]))}, "body": {"S": _dumps(r)}}}} for r in rows]
+    if not self._hold(entity, puts): self._batch_write(puts)
 
 def _dynamo_rows(self:DynamoStore, fset, entity=None):
     if entity is not None: return [json.loads(i["body"]["S"]) for i in self._query(f"row#{fset}#{entity}")]
@@ -238,8 +335,8 @@ def _dynamo_rows(self:DynamoStore, fset, entity=None):
     return [r for e in ents for r in self.rows(fset, e)]
 
 def _dynamo_put_latest_row(self:DynamoStore, fset, entity, row):
-    self.db.put_item(TableName=self.table, Item={"pk": {"S": f"now#{fset}"}, "sk": {"S": entity}, "body": {"S": _dumps(row)},
-                                                  "updated": {"N": str(time.time())}})
+    item = {"pk": {"S": f"now#{fset}"}, "sk": {"S": entity}, "body": {"S": _dumps(row)}, "updated": {"N": str(time.time())}}
+    if not self._hold(entity, [{"PutRequest": {"Item": item}}]): self.db.put_item(TableName=self.table, Item=item)
 
 def _dynamo_latest_row(self:DynamoStore, fset, entity):
     r = self.db.get_item(TableName=self.table, Key={"pk": {"S": f"now#{fset}"}, "sk": {"S": entity}}).get("Item")
@@ -262,6 +359,53 @@ def _dynamo_mark_dead_lettered(self:DynamoStore, record_id, reason):
     self.db.put_item(TableName=self.table, Item={"pk": {"S": "dead"}, "sk": {"S": record_id}, "reason": {"S": reason}, "at": {"N": str(time.time())}})
 
 DynamoStore.attempt, DynamoStore.dead_lettered, DynamoStore.mark_dead_lettered = _dynamo_attempt, _dynamo_dead_lettered, _dynamo_mark_dead_lettered
+
+# %% ../../nbs/runtime/11_online.ipynb #72495ca5
+def _dynamo_heads(self:DynamoStore, entities):
+    out, keys = {}, [_head_key(e) for e in dict.fromkeys(entities)]
+    def send(todo):
+        r = self.db.batch_get_item(RequestItems=todo)
+        out.update((i["pk"]["S"][len("head#"):], json.loads(i["body"]["S"])) for i in r["Responses"].get(self.table, []))
+        return r.get("UnprocessedKeys")
+    for i in range(0, len(keys), 100): self._until_done(send, {self.table: {"Keys": keys[i:i + 100], "ConsistentRead": True}})
+    return out
+
+def _dynamo_put_head(self:DynamoStore, entity, head):
+    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}}}}]
+    if not self._hold(entity, put): self._batch_write(put)
+
+DynamoStore.heads, DynamoStore.put_head = _dynamo_heads, _dynamo_put_head
+
+# %% ../../nbs/runtime/11_online.ipynb #4360bad6
+def _item_key(r:dict) -> tuple:
+    k = r["PutRequest"]["Item"] if "PutRequest" in r else r["DeleteRequest"]["Key"]
+    return k["pk"]["S"], k["sk"]["S"]
+
+def _requests(held:dict, heads:bool) -> list:
+    "`[(entity, request), ...]` of `held`, one per item (the last held wins), heads only or all but heads."
+    out = {}
+    for e, rs in held.items():
+        for r in rs:
+            if (k := _item_key(r))[0].startswith("head#") == heads: out.pop(k, None); out[k] = (e, r)
+    return list(out.values())
+
+# %% ../../nbs/runtime/11_online.ipynb #c141b884
+def _send_each(self:DynamoStore, chunk:list, failed:dict):
+    "Write `[(entity, request)]` in one call; if it fails, entity by entity, noting each entity that fails in `failed`."
+    try: return self._batch_write([r for _, r in chunk])
+    except Exception: pass  # noqa: a store error, found again below for the entity that causes it
+    for e in dict.fromkeys(e for e, _ in chunk):
+        try: self._batch_write([r for k, r in chunk if k == e])
+        except Exception as x: failed[e] = x
+
+def _dynamo_send(self:DynamoStore, held):
+    failed = {}
+    for heads in (False, True):
+        todo = [(e, r) for e, r in _requests(held, heads) if e not in failed]
+        for i in range(0, len(todo), 25): self._send_each(todo[i:i + 25], failed)
+    return failed
+
+DynamoStore._send_each, DynamoStore._send = _send_each, _dynamo_send
 
 # %% ../../nbs/runtime/11_online.ipynb #e2a0556e
 def sqlite_path(url:str) -> str:

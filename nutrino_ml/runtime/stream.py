@@ -4,16 +4,17 @@
 
 # %% ../../nbs/runtime/15_stream.ipynb #31c50771
 from __future__ import annotations
-import base64, binascii, json, sys, time
-from collections import defaultdict
+import base64, binascii, itertools, json, sys, time, uuid
+from collections import OrderedDict, defaultdict
 import numpy as np
 from .tables import TABLES, RecordError, check_record
 from .features import FEATURE_SETS, FeatureSet, feature_fingerprint
 from .jsonio import print_json_line
 
 # %% auto #0
-__all__ = ['EVENT_TYPES', 'MAX_RECORD_BYTES', 'MINUTE_US', 'decode_record', 'event_columns', 'row_dicts', 'batch_failures',
-           'StreamProcessor', 'open_stream_processor', 'kinesis_event', 'event_records']
+__all__ = ['EVENT_TYPES', 'MAX_RECORD_BYTES', 'MINUTE_US', 'CACHE_EVENTS', 'decode_record', 'event_columns', 'row_dicts',
+           'Window', 'WindowCache', 'batch_failures', 'StreamProcessor', 'open_stream_processor', 'kinesis_event',
+           'event_records']
 
 # %% ../../nbs/runtime/15_stream.ipynb #e10dff4e
 EVENT_TYPES = {"glucose": "glucose", "meal": "meals", "user": "users"}  # record `type` -> lake table
@@ -51,16 +52,77 @@ def event_columns(table:str, events:list) -> dict:
         else: out[c.name] = np.array([np.nan if x is None else x for x in v], dtype=float)
     return out
 
+def _plain_list(v:np.ndarray) -> list:
+    "The values of column `v` as plain Python values (numpy scalars in an object column unwrapped too)."
+    return [x.item() if hasattr(x, "item") else x for x in v.tolist()] if v.dtype == object else v.tolist()
+
 def row_dicts(cols:dict, keep=None) -> list:
     "Rows (dicts of plain values, `ts` in µs) of a feature function's output columns."
-    n = len(next(iter(cols.values()))) if cols else 0
-    idx = range(n) if keep is None else np.flatnonzero(keep)
-    plain = {k: (v.astype("datetime64[us]").astype(np.int64) if k == "ts" else v) for k, v in cols.items()}
-    return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in plain.items()} for i in idx]
+    plain = {k: np.asarray(v).astype("datetime64[us]").astype(np.int64) if k == "ts" else np.asarray(v) for k, v in cols.items()}
+    if keep is not None: plain = {k: v[np.flatnonzero(keep)] for k, v in plain.items()}
+    return [dict(zip(plain, r)) for r in zip(*map(_plain_list, plain.values()))]
+
+# %% ../../nbs/runtime/15_stream.ipynb #14b87e4f
+def _window(cols:dict, lo:int, hi:int) -> dict:
+    "The events of `cols` with `lo <= ts <= hi` (µs)."
+    t = cols["ts"].astype(np.int64)
+    keep = (t >= lo) & (t <= hi)
+    return {k: v[keep] for k, v in cols.items()}
+
+# %% ../../nbs/runtime/15_stream.ipynb #0edc9c90
+MINUTE_US = 60_000_000
+_FAR = int(np.iinfo(np.int64).max)  # a time after every event
+
+def _concat(cols:dict, more:dict, key:str) -> dict:
+    "Columns `cols` and `more` as one, ordered by time, then `key`."
+    both = {k: np.concatenate([cols[k], more[k]]) for k in cols}
+    order = np.lexsort((both[key].astype(str), both["ts"].astype(np.int64)))
+    return {k: v[order] for k, v in both.items()}
+
+# %% ../../nbs/runtime/15_stream.ipynb #0a8bae49
+class Window:
+    "An entity's events from time `lo` (µs) on, as columns per timed table; the newest and oldest time the store keeps of each table, the profile, and the head version it matches."
+    def __init__(self, cols:dict, lo:int, newest:dict, oldest:dict, profile:dict|None=None, version:str|None=None):
+        self.cols, self.lo, self.newest, self.oldest, self.profile, self.version = cols, int(lo), newest, oldest, profile, version
+    def __len__(self): return sum(len(c["ts"]) for c in self.cols.values())
+    def columns(self, table:str) -> dict:
+        "The window's columns of `table` (of the profile for `users`)."
+        return event_columns("users", [self.profile] if self.profile else []) if table == "users" else self.cols[table]
+    def newest_of(self, tables) -> int|None:
+        "The newest time of the timed `tables`; None when none of them has an event."
+        return max((x for t in tables if t != "users" and (x := self.newest.get(t)) is not None), default=None)
+    def trim(self, keep_us:int):
+        "Forget the events more than `keep_us` older than the newest."
+        top = self.newest_of(self.newest)
+        if top is not None and top - keep_us > self.lo:
+            self.lo = top - keep_us
+            self.cols = {t: _window(c, self.lo, _FAR) for t, c in self.cols.items()}
+
+# %% ../../nbs/runtime/15_stream.ipynb #8feba678
+class WindowCache:
+    "Windows by entity, least recently used first out, at most `max_events` events in all (0: keep none)."
+    def __init__(self, max_events:int): self.max_events, self.windows, self.sizes, self.events = int(max_events), OrderedDict(), {}, 0
+    def get(self, entity:str) -> Window|None:
+        "The entity's window, if cached (it becomes the most recently used)."
+        if entity in self.windows: self.windows.move_to_end(entity)
+        return self.windows.get(entity)
+    def put(self, entity:str, w:Window):
+        "Cache `w` as the entity's window, dropping the least recently used ones past `max_events`."
+        self.drop(entity)
+        if (n := len(w)) > self.max_events: return
+        self.windows[entity], self.sizes[entity], self.events = w, n, self.events + n
+        while self.events > self.max_events: self.drop(next(iter(self.windows)))
+    def drop(self, entity:str):
+        "Forget the entity's window."
+        if self.windows.pop(entity, None) is not None: self.events -= self.sizes.pop(entity)
+
+CACHE_EVENTS = 200_000  # ~20 MB of windows (~100 bytes an event): ~4,700 entities at a reading every 5 minutes
+
+def _keep_us(fsets:dict, late_min:float=60) -> int:
+    "How much of a window to keep cached: the longest lookback plus horizon, and `late_min` for late events."
+    return int((max((fs.lookback_min + fs.horizon_min for fs in fsets.values()), default=0) + late_min) * MINUTE_US)
 
 # %% ../../nbs/runtime/15_stream.ipynb #560f6d77
-MINUTE_US = 60_000_000
-
 def batch_failures(record_ids:list) -> dict:
     "Lambda's partial batch response: the records to deliver again."
     return {"batchItemFailures": [{"itemIdentifier": r} for r in record_ids]}
@@ -69,20 +131,28 @@ def batch_failures(record_ids:list) -> dict:
 class StreamProcessor:
     "Kinesis records -> online feature store, with partial batch failures and dead letters."
     def __init__(self, store, dead_letter, feature_sets:dict=FEATURE_SETS, max_attempts:int=3,
-                 retention_min:float=2 * 24 * 60, max_clock_skew_s:float=300, clock=time.time, log=print_json_line):
+                 retention_min:float=2 * 24 * 60, max_clock_skew_s:float=300, clock=time.time, log=print_json_line,
+                 cache_events:int=CACHE_EVENTS, # events of recent windows kept in memory between batches (0: none)
+                 prune_every_min:float=60       # an entity's events are pruned once the oldest is this far past the retention window
+                ):
         self.store, self.dead_letter, self.fsets, self.max_attempts = store, dead_letter, feature_sets, int(max_attempts)
         self.fingerprints = {n: feature_fingerprint(f) for n, f in feature_sets.items()}  # what each row is stamped with
+        self.spans = {n: (int(f.lookback_min * MINUTE_US), int(f.horizon_min * MINUTE_US)) for n, f in feature_sets.items()}  # (L, H) µs, read once
         self.retention_us, self.skew_s, self.clock, self.log = int(retention_min * MINUTE_US), float(max_clock_skew_s), clock, log
+        tables = dict.fromkeys([*EVENT_TYPES.values(), *(t for fs in feature_sets.values() for t in fs.tables)])
+        self.timed = [t for t in tables if t != "users"]  # the timed tables the stream stores, read by a feature set or not
+        self.prune_every_us, self.keep_us = int(prune_every_min * MINUTE_US), min(_keep_us(feature_sets), self.retention_us)
+        self.cache, self._versions = WindowCache(cache_events), map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count(1))
 
     def process(self, records:list) -> dict:
         "Process `[(record_id, data bytes or the RecordError of its undecodable data), ...]`; returns Lambda's partial batch response."
         t0, stats, raw = time.perf_counter(), defaultdict(int), dict(records)
         by_entity, ids, failed = self._decode(records, stats, int((self.clock() + self.skew_s) * 1e6))
-        for entity, tables in by_entity.items():
-            try: stats["rows"] += self.update_entity(entity, {t: list(evs.values()) for t, evs in tables.items()}, stats)
-            except Exception as e:  # the store failed: these records may succeed later (their writes are idempotent)
-                failed += self._store_failed(ids[entity], raw, f"the online store failed: {type(e).__name__}: {e}", stats)
-                self.log({"event": "stream_error", "entity": entity, "error": f"{type(e).__name__}: {e}"})
+        written, errors = self.update_entities({e: {t: list(evs.values()) for t, evs in tables.items()} for e, tables in by_entity.items()}, stats)
+        stats["rows"] += sum(written.values())
+        for entity, e in errors.items():  # the store failed: these records may succeed later (their writes are idempotent)
+            failed += self._store_failed(ids[entity], raw, f"the online store failed: {type(e).__name__}: {e}", stats)
+            self.log({"event": "stream_error", "entity": entity, "error": f"{type(e).__name__}: {e}"})
         self.log({"event": "stream_batch", "records": len(records), **stats, "entities": len(by_entity), "reported": len(failed),
                   "ms": round((time.perf_counter() - t0) * 1000, 3)})
         return batch_failures(failed)
@@ -134,28 +204,58 @@ def _decode(self:StreamProcessor, records:list, stats:dict, latest_us:int|None=N
 StreamProcessor._decode = _decode
 
 # %% ../../nbs/runtime/15_stream.ipynb #e194e2ee
+def _update_entities(self:StreamProcessor, new:dict, stats=None) -> tuple:
+    "Store the new events of entities (`{entity: {table: [event, ...]}}`), recompute the rows they touch; `({entity: rows written}, {entity: error})`."
+    stats = defaultdict(int) if stats is None else stats
+    windows, errors = self._windows(new, stats)
+    written, version = {}, next(self._versions)
+    self.store.begin()
+    for entity, w in windows.items():
+        try: written[entity] = self._update(entity, new[entity], w, version, stats)
+        except Exception as e: errors[entity] = e; self.store.discard(entity)  # the store failed for it: nothing of it is written
+    errors |= self._commit(written)
+    for entity, w in windows.items(): self.cache.drop(entity) if entity in errors else self.cache.put(entity, w)
+    return {e: n for e, n in written.items() if e not in errors}, errors
+
+def _commit(self:StreamProcessor, entities) -> dict:
+    "`{entity: error}` of the held writes that failed; all of `entities` when the store's commit itself failed."
+    try: return self.store.commit()
+    except Exception as e: return {k: e for k in entities}
+
 def _update_entity(self:StreamProcessor, entity:str, new:dict, stats=None) -> int:
     "Store one entity's new events (`{table: [event, ...]}`), recompute the feature rows they touch; returns rows written."
-    for table, evs in new.items(): self.store.put_events(table, entity, evs, TABLES[table].key)
-    written = sum(self._recompute(fs, entity, new, stats) for fs in self.fsets.values() if set(fs.tables) & set(new))
-    for table in new:
-        if table != "users" and (top := self.store.newest_ts(table, entity)) is not None:
-            self.store.prune(table, entity, top - self.retention_us)
+    written, errors = self.update_entities({entity: new}, stats)
+    if entity in errors: raise errors[entity]
+    return written[entity]
+
+StreamProcessor.update_entities, StreamProcessor._commit, StreamProcessor.update_entity = _update_entities, _commit, _update_entity
+
+# %% ../../nbs/runtime/15_stream.ipynb #807ae85a
+def _update(self:StreamProcessor, entity:str, new:dict, w, version:str, stats=None) -> int:
+    "Hold the writes of one entity's `new` events on its window `w` (updated in place); returns rows written."
+    for table, evs in new.items():
+        if fresh := self._merge(w, table, evs): self.store.put_events(table, entity, fresh, TABLES[table].key)
+    written = sum(self._recompute(fs, entity, new, w, stats) for fs in self.fsets.values() if set(fs.tables) & set(new))
+    self._prune(entity, w)
+    w.version = version
+    self.store.put_head(entity, {"v": version, "newest": w.newest, "oldest": w.oldest, "profile": w.profile})
+    w.trim(self.keep_us)
     return written
 
-StreamProcessor.update_entity = _update_entity
+def _prune(self:StreamProcessor, entity:str, w):
+    "Prune each table of the entity whose oldest event is `prune_every_min` past the retention window (or not known)."
+    for t in self.timed:
+        if (top := w.newest.get(t)) is None: continue
+        cut = top - self.retention_us
+        if w.oldest.get(t) is None or w.oldest[t] < cut - self.prune_every_us:
+            self.store.prune(t, entity, cut); w.oldest[t] = cut  # a lower bound of what is left
 
-# %% ../../nbs/runtime/15_stream.ipynb #14b87e4f
-def _window(cols:dict, lo:int, hi:int) -> dict:
-    "The events of `cols` with `lo <= ts <= hi` (µs)."
-    t = cols["ts"].astype(np.int64)
-    keep = (t >= lo) & (t <= hi)
-    return {k: v[keep] for k, v in cols.items()}
+StreamProcessor._update, StreamProcessor._prune = _update, _prune
 
 # %% ../../nbs/runtime/15_stream.ipynb #a0262383
 def _touched(self:StreamProcessor, fs:FeatureSet, new:dict, newest:int, stats=None) -> tuple:
     "`(lo, hi)`: the anchor times whose window holds a new event (a new profile touches the whole kept window)."
-    L, H = int(fs.lookback_min * MINUTE_US), int(fs.horizon_min * MINUTE_US)
+    L, H = self.spans[fs.name]
     ts = [e["ts"] for t in fs.tables if t != "users" for e in new.get(t, [])]
     if stats is not None: stats["late_beyond_retention"] += sum(t < newest - self.retention_us for t in ts)
     ts = [t for t in ts if t >= newest - self.retention_us]
@@ -164,18 +264,79 @@ def _touched(self:StreamProcessor, fs:FeatureSet, new:dict, newest:int, stats=No
 StreamProcessor._touched = _touched
 
 # %% ../../nbs/runtime/15_stream.ipynb #da8f9d8d
-def _recompute(self:StreamProcessor, fs:FeatureSet, entity:str, new:dict, stats=None) -> int:
-    "Write the rows of `fs` that the entity's new events touch, and its latest row; returns rows written."
-    timed = [t for t in fs.tables if t != "users"]
-    newest = max((x for t in timed if (x := self.store.newest_ts(t, entity)) is not None), default=None)
+def _after(newest:dict, new:dict) -> dict:
+    "The newest time of each table (`{table: ts}`) once the `new` events are in."
+    out = dict(newest)
+    for t, evs in new.items():
+        if t != "users" and evs: out[t] = max([e["ts"] for e in evs] + ([out[t]] if out.get(t) is not None else []))
+    return out
+
+def _reach(self:StreamProcessor, new:dict, newest:dict) -> int:
+    "The oldest time (µs) that the rows and latest rows the `new` events change read, given the store's `newest` times."
+    top, los = _after(newest, new), []
+    for fs in self.fsets.values():
+        n = max((top[t] for t in fs.tables if top.get(t) is not None), default=None)
+        if n is not None and set(fs.tables) & set(new): los.append(min(self._touched(fs, new, n)[0], n) - self.spans[fs.name][0])
+    return min(los, default=_FAR)
+
+StreamProcessor._reach = _reach
+
+# %% ../../nbs/runtime/15_stream.ipynb #86ad80ef
+def _windows(self:StreamProcessor, new:dict, stats:dict) -> tuple:
+    "`({entity: Window}, {entity: error})` for the entities of `new`."
+    try: heads = self.store.heads(list(new))
+    except Exception as e: return {}, {k: e for k in new}  # the store failed: every entity's records may succeed later
+    out, errors = {}, {}
+    for entity, evs in new.items():
+        try: out[entity] = self._window_of(entity, evs, heads.get(entity), stats)
+        except Exception as e: errors[entity] = e
+    return out, errors
+
+def _window_of(self:StreamProcessor, entity:str, new:dict, head:dict|None, stats:dict) -> Window:
+    "The entity's window for its `new` events: the cached one if the store's `head` is its version and it reaches back far enough; else read."
+    newest = {t: head["newest"][t] if head and t in head["newest"] else self.store.newest_ts(t, entity) for t in self.timed}
+    lo, w = self._reach(new, newest), self.cache.get(entity)
+    if w is not None and head is not None and w.version == head["v"] and w.lo <= lo:
+        stats["windows_cached"] += 1
+        return w
+    stats["windows_read"] += 1
+    return self._read_window(entity, head, newest, lo)
+
+def _read_window(self:StreamProcessor, entity:str, head:dict|None, newest:dict, lo:int) -> Window:
+    "The entity's window from `lo` on, read from the store."
+    cols = {t: event_columns(t, self.store.events(t, entity, lo) if newest[t] is not None and newest[t] >= lo else []) for t in self.timed}
+    profile = head["profile"] if head else next(iter(self.store.events("users", entity)[-1:]), None)
+    return Window(cols, lo, newest, dict(head["oldest"]) if head else {}, profile, head["v"] if head else None)
+
+StreamProcessor._windows, StreamProcessor._window_of, StreamProcessor._read_window = _windows, _window_of, _read_window
+
+# %% ../../nbs/runtime/15_stream.ipynb #2800a228
+def _merge(self:StreamProcessor, w:Window, table:str, evs:list) -> list:
+    "Add `evs` of `table` to window `w`; returns the events to store."
+    if table == "users":
+        w.profile = evs[-1]
+        return evs
+    key, top = TABLES[table].key, w.newest.get(table)
+    held = set(w.cols[table][key].tolist())
+    unseen = [e for e in evs if e[key] not in held]
+    if into := [e for e in unseen if e["ts"] >= w.lo]: w.cols[table] = _concat(w.cols[table], event_columns(table, into), key)
+    n = max([e["ts"] for e in evs] + ([top] if top is not None else []))
+    fresh = [e for e in unseen if e["ts"] >= n - self.retention_us]
+    if fresh and (top is None or w.oldest.get(table) is not None):  # the oldest kept, where it is known
+        w.oldest[table] = min([e["ts"] for e in fresh] + ([w.oldest[table]] if w.oldest.get(table) is not None else []))
+    w.newest[table] = n
+    return fresh
+
+StreamProcessor._merge = _merge
+
+# %% ../../nbs/runtime/15_stream.ipynb #cd612b02
+def _recompute(self:StreamProcessor, fs:FeatureSet, entity:str, new:dict, w, stats=None) -> int:
+    "Write the rows of `fs` that the entity's new events touch, and its latest row, from its window `w`; returns rows written."
+    newest = w.newest_of(fs.tables)
     if newest is None: return 0
-    L, H = int(fs.lookback_min * MINUTE_US), int(fs.horizon_min * MINUTE_US)
-    lo, hi = self._touched(fs, new, newest, stats)
-    a, b = min(lo - L, newest - L), max(hi + H, newest)
-    cols = {t: event_columns(t, self.store.events(t, entity, a, b) if t != "users" else self.store.events(t, entity)) for t in fs.tables}
-    out = fs.fn(**{t: c if t == "users" else _window(c, lo - L, hi + H) for t, c in cols.items()})
-    at = out["ts"].astype("datetime64[us]").astype(np.int64)
-    rows = row_dicts(out, (at >= lo) & (at <= hi))
+    (L, H), (lo, hi) = self.spans[fs.name], self._touched(fs, new, newest, stats)
+    cols = {t: w.columns(t) for t in fs.tables}
+    rows = self._rows(fs, cols, lo, hi) if fs.anchor == "users" or _any_between(cols[fs.anchor]["ts"], lo, hi) else []  # rows are anchored on fs.anchor's events
     if rows: self.store.put_rows(fs.name, entity, rows)
     latest = fs.latest(**{t: c if t == "users" else _window(c, newest - L, newest) for t, c in cols.items()})
     if latest is not None:  # stamped with the definition that computed it: serving checks it against the version's
@@ -183,7 +344,18 @@ def _recompute(self:StreamProcessor, fs:FeatureSet, entity:str, new:dict, stats=
         self.store.put_latest_row(fs.name, entity, {**row, "_fingerprint": self.fingerprints[fs.name]})
     return len(rows)
 
-StreamProcessor._recompute = _recompute
+def _rows(self:StreamProcessor, fs:FeatureSet, cols:dict, lo:int, hi:int) -> list:
+    "The rows of `fs` anchored from `lo` to `hi` (µs), from the events each row reads."
+    L, H = self.spans[fs.name]
+    out = fs.fn(**{t: c if t == "users" else _window(c, lo - L, hi + H) for t, c in cols.items()})
+    at = out["ts"].astype("datetime64[us]").astype(np.int64)
+    return row_dicts(out, (at >= lo) & (at <= hi))
+
+def _any_between(ts:np.ndarray, lo:int, hi:int) -> bool:
+    t = ts.astype(np.int64)
+    return bool(((t >= lo) & (t <= hi)).any())
+
+StreamProcessor._recompute, StreamProcessor._rows = _recompute, _rows
 
 # %% ../../nbs/runtime/15_stream.ipynb #0305a29f
 def open_stream_processor(online_store:str, # sqlite:///path.db or dynamodb://table

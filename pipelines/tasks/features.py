@@ -14,6 +14,7 @@ from nutrino_ml.config import load_settings
 from nutrino_ml.runtime.features import FEATURE_SETS
 from nutrino_ml.offline import build_feature_frames
 
+print(f"features with the {engine} runtime, code {code_hash[:12]}")
 frames = build_feature_frames({t: upstream["extract"][t] for t in ("users", "meals", "glucose")}, engine, load_settings())
 
 # %%
