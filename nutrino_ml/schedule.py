@@ -8,22 +8,20 @@ import datetime, functools, hashlib, shlex
 from pathlib import Path
 from string import Template
 import yaml
-from ploomber.spec import DAGSpec
 from ploomber.constants import TaskStatus
 import nutrino_ml
+from .pipeline import DEFAULT_PIPELINE_DIR, dag_graph, pipeline_dag  # the pipeline as Ploomber loads it
 from .config import TELEMETRY_OFF
 from .runtime.online import aws_client
 from botocore.exceptions import BotoCoreError, ClientError
 
 # %% auto #0
-__all__ = ['DEFAULT_PIPELINE_DIR', 'SCHEDULE_KEYS', 'SCHEDULE_DEFAULTS', 'AIRFLOW_PRESETS', 'read_env', 'read_schedule',
-           'pipeline_graph', 'pipeline_models', 'model_tasks', 'schedule_config', 'build_task', 'task_command',
-           'dag_id', 'dag_source', 'verdict_commands', 'verdict_dag_source', 'settings_env', 'airflow_dags',
-           'split_s3_uri', 's3_client', 'local_dags', 'remote_dags', 'sync_dags']
+__all__ = ['SCHEDULE_KEYS', 'SCHEDULE_DEFAULTS', 'AIRFLOW_PRESETS', 'read_env', 'read_schedule', 'pipeline_graph',
+           'pipeline_models', 'model_tasks', 'schedule_config', 'build_task', 'task_command', 'dag_id', 'dag_source',
+           'verdict_commands', 'verdict_dag_source', 'settings_env', 'airflow_dags', 'split_s3_uri', 's3_client',
+           'local_dags', 'remote_dags', 'sync_dags']
 
 # %% ../nbs/12_schedule.ipynb #a378303e
-DEFAULT_PIPELINE_DIR = Path(nutrino_ml.__file__).resolve().parents[1]/"pipelines"  # this checkout's
-
 def read_env(pipeline_dir:Path) -> dict:
     "The pipeline's `env.yaml` in `pipeline_dir` (Ploomber itself would prefer one in the working directory)."
     f = Path(pipeline_dir)/"env.yaml"
@@ -37,18 +35,10 @@ def read_schedule(pipeline_dir:Path) -> dict:
     return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
 
 # %% ../nbs/12_schedule.ipynb #92071677
-def _pipeline_dag(pipeline_dir:Path, products:Path|None=None):
-    "The Ploomber DAG of pipeline.yaml in `pipeline_dir` with its env.yaml, writing into `products` when given."
-    spec = Path(pipeline_dir)/"pipeline.yaml"
-    if not spec.is_file(): raise FileNotFoundError(f"schedule: no pipeline.yaml in {Path(pipeline_dir).resolve()}; pass the pipelines/ folder of a checkout")
-    env = {**read_env(pipeline_dir), **({"products": str(products)} if products else {})}
-    return DAGSpec(str(spec), env=env).to_dag()
-
 def pipeline_graph(pipeline_dir:Path # folder holding pipeline.yaml and env.yaml
                   ) -> dict:
     "`{task: [upstream tasks]}` of the Ploomber pipeline in `pipeline_dir`, upstream tasks first."
-    dag = _pipeline_dag(pipeline_dir)
-    return {name: list(dag[name].upstream) for name in dag.keys()}
+    return dag_graph(pipeline_dag(pipeline_dir))
 
 # %% ../nbs/12_schedule.ipynb #6eaae498
 def pipeline_models(graph:dict) -> list:
@@ -99,7 +89,7 @@ def build_task(task:str,                  # Ploomber task name
                pipeline_dir:Path=Path(".")# folder with pipeline.yaml and env.yaml
               ) -> bool:
     "Build Ploomber task `task` alone, as `ploomber task` does, only when Ploomber finds it outdated; True when it ran."
-    dag = _pipeline_dag(pipeline_dir, products)
+    dag = pipeline_dag(pipeline_dir, products)
     if task not in dag: raise ValueError(f"schedule: the pipeline has no task {task!r}; tasks: {list(dag.keys())}")
     dag.render()
     if dag[task].exec_status == TaskStatus.Skipped:

@@ -16,140 +16,17 @@ import nutrino_ml
 from .datalake import Column, DatalakeError, DatalakeWarning, Lake, TableSpec, TABLES, TimeRules, check_times, tell_unknown_users, validate_frame
 from .runtime.features import FEATURE_SETS, FeatureSet, compute_entity
 from .offline import conform, counted, feature_table, with_dt
+from .spark_session import (JVM_NOISE, PANDAS_WARNING, WORKER_WARNINGS, jvm_stderr_filtered, library_zip, local_cores,
+                                      quiet_jvm_logs, quiet_pyspark_warnings, spark_conf, spark_session, worker_python)
 
 # %% auto #0
-__all__ = ['PANDAS_WARNING', 'WORKER_WARNINGS', 'LOG4J2', 'JVM_NOISE', 'DAY_US', 'SUMMARY', 'FLUSH_ROWS', 'local_cores',
-           'spark_conf', 'quiet_jvm_logs', 'jvm_stderr_filtered', 'worker_python', 'library_zip',
-           'quiet_pyspark_warnings', 'spark_session', 'spark_path', 'validate_lake_table_spark',
-           'read_lake_table_spark', 'spark_schema', 'arrow_schema', 'require_utc', 'entity_layout', 'layout_slots',
-           'frame_kinds', 'entity_frame', 'by_entity', 'entity_chunks', 'entities', 'arrow_rows',
-           'build_features_spark', 'write_table_spark', 'spark_session_for', 'spark_with_dt', 'partition_counts',
-           'suspect_days', 'times_us', 'unique_slot', 'repeated_events', 'LakePass', 'lake_plan', 'lake_pass',
-           'pass_summary', 'raise_first_problem', 'commit_staged', 'remove_staging', 'tasks_said', 'run_lake_pass',
-           'check_footers', 'build_tables_spark', 'feature_frames_spark']
-
-# %% ../nbs/03a_spark.ipynb #d98ccab3
-PANDAS_WARNING = "PySpark does not yet fully support pandas"
-WORKER_WARNINGS = f"ignore:{PANDAS_WARNING}:FutureWarning"
-
-def local_cores(master:str) -> int|None:
-    "Cores of a `local`, `local[N]`, `local[*]` or `local[N,retries]` master; None for a cluster."
-    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
-    if not m: return None
-    return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
-
-def spark_conf(master:str) -> dict:
-    "The Spark settings every session of `master` gets."
-    conf = {"spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
-            "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
-            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS", "spark.sql.sources.partitionOverwriteMode": "dynamic",
-            "spark.sql.sources.partitionColumnTypeInference.enabled": "false", "spark.ui.showConsoleProgress": "false",
-            "spark.executorEnv.PYTHONWARNINGS": WORKER_WARNINGS,
-            # INT_MAX turns off the byte limit of the Arrow batches sent to Python, which Spark checks after every row
-            # (a fifth of the lake pass's JVM time); batches stay limited to maxRecordsPerBatch (10,000) rows
-            "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
-    cores = local_cores(master)
-    if cores: conf.update({"spark.sql.shuffle.partitions": str(2 * cores), "spark.ui.enabled": "false"})
-    return conf
-
-# %% ../nbs/03a_spark.ipynb #d7ab5637
-LOG4J2 = """\
-# log4j2 configuration of the Spark drivers nutrino_ml starts (nutrino_ml.spark.quiet_jvm_logs)
-rootLogger.level = warn
-rootLogger.appenderRef.stderr.ref = stderr
-appender.stderr.type = Console
-appender.stderr.name = stderr
-appender.stderr.target = SYSTEM_ERR
-appender.stderr.layout.type = PatternLayout
-appender.stderr.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
-# harmless: no native Hadoop library for this platform, so Hadoop uses its Java implementations
-logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
-logger.nativecode.level = error
-"""
-
-def quiet_jvm_logs(environ=None) -> str:
-    "Point the log4j2 of Spark drivers started later at `LOG4J2` (unless `LOG4J_CONFIGURATION_FILE` names a file); the file in use."
-    environ = os.environ if environ is None else environ
-    if environ.get("LOG4J_CONFIGURATION_FILE"): return environ["LOG4J_CONFIGURATION_FILE"]
-    path = Path(tempfile.gettempdir())/f"nutrino_ml-log4j2-{hashlib.sha256(LOG4J2.encode()).hexdigest()[:12]}.properties"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp"); tmp.write_text(LOG4J2); tmp.replace(path)
-    environ["LOG4J_CONFIGURATION_FILE"] = str(path)
-    return str(path)
-
-# %% ../nbs/03a_spark.ipynb #3d5a0935
-JVM_NOISE = ("WARNING: Using incubator modules: jdk.incubator.vector",)  # the JVM announcing the module Spark's launcher adds
-
-@contextmanager
-def jvm_stderr_filtered(noise:tuple=JVM_NOISE):
-    "Processes started in the block write their stderr through a thread (yielded) that drops the lines starting with `noise`."
-    try: sys.stderr.flush(); out = os.dup(2)
-    except (OSError, ValueError): yield None; return  # no stderr to filter
-    r, w = os.pipe()
-    def pump():
-        with os.fdopen(r, "rb") as src:
-            for line in src:
-                if not line.decode(errors="replace").startswith(noise): os.write(out, line)
-        os.close(out)
-    th = threading.Thread(target=pump, name="nutrino-jvm-stderr", daemon=True); th.start()
-    back = os.dup(2); os.dup2(w, 2); os.close(w)
-    try: yield th
-    finally: os.dup2(back, 2); os.close(back)
-
-# %% ../nbs/03a_spark.ipynb #95fa6e33
-def worker_python(settings_or_master=None, python:str|None=None, environ=None) -> str:
-    "The Python the Spark workers run: `python`, else the settings' `spark_python`, else `$PYSPARK_PYTHON`, else this interpreter."
-    environ = os.environ if environ is None else environ
-    return python or getattr(settings_or_master, "spark_python", "") or environ.get("PYSPARK_PYTHON") or sys.executable
-
-# %% ../nbs/03a_spark.ipynb #2246a914
-_ZIPS = {}  # build id -> the zip made in this process
-
-def _library_files(package:Path) -> list:
-    return sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
-
-def library_zip(package:Path|None=None # the package folder; `nutrino_ml` as this process imported it by default
-               ) -> Path:
-    "A zip of the library's package folder, named `nutrino_ml-<build id>.zip` (sha256 of its files); built once per process."
-    package = Path(package or Path(nutrino_ml.__file__).parent)
-    files, h = _library_files(package), hashlib.sha256()
-    for p in files: h.update(p.relative_to(package.parent).as_posix().encode() + b"\0" + p.read_bytes())
-    build = h.hexdigest()[:12]
-    if build not in _ZIPS:
-        out = Path(tempfile.mkdtemp(prefix="nutrino-ship-"))/f"{package.name}-{build}.zip"
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-            for p in files: z.write(p, p.relative_to(package.parent).as_posix())
-        _ZIPS[build] = out
-    return _ZIPS[build]
-
-# %% ../nbs/03a_spark.ipynb #264db674
-def quiet_pyspark_warnings():
-    "Ignore PySpark's FutureWarnings about pandas 3 in this process and in the Python workers it starts later."
-    warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
-    have = os.environ.get("PYTHONWARNINGS", "")
-    if WORKER_WARNINGS not in have: os.environ["PYTHONWARNINGS"] = ",".join(w for w in (have, WORKER_WARNINGS) if w)
-
-def spark_session(settings_or_master="local[*]", # `Settings` (their `spark_master`, `spark_python`) or a master URL
-                  app_name:str="nutrino_ml",
-                  conf:dict|None=None,          # more Spark settings, e.g. {"spark.driver.memory": "4g"}
-                  python:str|None=None,         # the workers' Python (see `worker_python`)
-                  ship:bool|None=None           # ship the library to the executors; by default on any master but local
-                 ):
-    "A SparkSession on the settings' master (or `settings_or_master` itself): UTC, Arrow, quiet, its workers on our Python and library."
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-    master = getattr(settings_or_master, "spark_master", settings_or_master)
-    quiet_pyspark_warnings()
-    if local_cores(master): os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = worker_python(settings_or_master, python)  # read once, when the context starts
-    b = SparkSession.builder.master(master).appName(app_name)
-    for k, v in {**spark_conf(master), "spark.pyspark.python": os.environ["PYSPARK_PYTHON"], **(conf or {})}.items(): b = b.config(k, v)
-    with jvm_stderr_filtered() if SparkContext._gateway is None else nullcontext():  # a new JVM only the first time
-        quiet_jvm_logs()
-        spark = b.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    if ship if ship is not None else not local_cores(master): spark.sparkContext.addPyFile(str(library_zip()))
-    return spark
+__all__ = ['DAY_US', 'SUMMARY', 'FLUSH_ROWS', 'spark_path', 'validate_lake_table_spark', 'read_lake_table_spark', 'spark_schema',
+           'arrow_schema', 'require_utc', 'entity_layout', 'layout_slots', 'frame_kinds', 'entity_frame', 'by_entity',
+           'entity_chunks', 'entities', 'arrow_rows', 'build_features_spark', 'write_table_spark', 'spark_session_for',
+           'spark_with_dt', 'partition_counts', 'suspect_days', 'times_us', 'unique_slot', 'repeated_events',
+           'LakePass', 'lake_plan', 'lake_pass', 'pass_summary', 'raise_first_problem', 'commit_staged',
+           'remove_staging', 'tasks_said', 'run_lake_pass', 'check_footers', 'build_tables_spark',
+           'feature_frames_spark']
 
 # %% ../nbs/03a_spark.ipynb #4534770b
 def spark_path(root:str, *parts:str) -> str:

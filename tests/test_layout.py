@@ -45,7 +45,9 @@ def public_without_example(nb: Path) -> list:
         if re.match(r"#\|\s*export", src):
             for n in ast.parse(src).body:
                 if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_"): exported.add(n.name)
-            exported |= {g for m in re.finditer(r"^\w+\.(\w+)(?:, \w+\.(\w+))*(?:, \w+\.(\w+))* = ", src, re.M) for g in m.groups() if g and not g.startswith("_")}
+            for n in ast.parse(src).body:  # methods patched onto a class: `OnlineStore.put_rows, OnlineStore.rows = _put_rows, _rows`
+                for t in (n.targets if isinstance(n, ast.Assign) else []):
+                    exported |= {e.attr for e in (t.elts if isinstance(t, ast.Tuple) else [t]) if isinstance(e, ast.Attribute) and not e.attr.startswith("_")}
         elif "nbdev_export()" not in src:
             examples.append(src)
     asserting = "\n".join(e for e in examples if re.search(r"test_eq|test_fail|test_close|test_ne|assert |np\.testing|pd\.testing|same_rows", e))
