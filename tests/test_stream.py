@@ -254,7 +254,7 @@ def test_serving_fills_a_request_from_online_features(built, app_env):
 
 # --- AWS: DynamoDB, SQS and Kinesis on a moto server ----------------------------------------------------------
 def test_dynamodb_store_and_sqs_dead_letters_behave_like_sqlite(moto_server, tmp_path):
-    dyn = DynamoStore("features-store-test", "eu-west-1", moto_server, create=True)
+    dyn = DynamoStore("features-store-test", "eu-west-1", moto_server, create=True, bucket_us=10_000)  # chunks of 10 events' times
     lite = SQLiteStore(tmp_path / "s.db")
     ev = [{"event_id": f"g{i}", "user_id": "u1", "ts": 1000 * i, "glucose_mgdl": 100.0 + i} for i in range(60)]
     for kind, st in (("dynamodb", dyn), ("sqlite", lite)):
@@ -269,7 +269,7 @@ def test_dynamodb_store_and_sqs_dead_letters_behave_like_sqlite(moto_server, tmp
     for query, q in queries.items():
         assert q(dyn) == q(lite), query
     assert np.isnan(dyn.latest_row("fs", "u1")["x"])
-    assert dyn.prune("glucose", "u1", 30_000) == lite.prune("glucose", "u1", 30_000) == 30
+    assert dyn.prune("glucose", "u1", 30_000) == lite.prune("glucose", "u1", 30_000) == 30  # 30,000 starts a bucket
     assert dyn.events("glucose", "u1") == lite.events("glucose", "u1")
     sqs = SQSDeadLetter("dead-test", "eu-west-1", moto_server, create=True)
     sqs.send("r1", "kinesis", "not JSON", "e30=")
@@ -326,7 +326,8 @@ def test_kinesis_to_lambda_to_dynamodb_end_to_end(built, moto_server, tmp_path, 
 
 
 # --- issue 18: one write per batch, each window read once, a window cache that the store keeps honest ----------
-SHARD = as_records(events_from_frames(simulate_lake(users=20, days=1, seed=7)))[:1020]  # 20 profiles, then 1,000 readings and meals in time order
+DAY = as_records(events_from_frames(simulate_lake(users=20, days=2, seed=7)))  # 20 profiles, then readings and meals in time order
+SHARD = DAY[:1020]  # the profiles and 1,000 readings and meals
 
 
 def count_requests(client):
@@ -340,26 +341,30 @@ def count_requests(client):
 
 
 @pytest.mark.parametrize("cache_events", [0, 200_000], ids=["cold container", "warm container"])
-def test_dynamodb_takes_at_most_three_round_trips_per_user_per_batch(moto_server, tmp_path, cache_events):
-    """Batches of 100 records of 20 users (about five each): the DynamoDB requests of a batch, counted at the client, are at
-    most 3 per user once a user has a head (and on average over the stream), and the store ends as the SQLite one does."""
+@pytest.mark.parametrize("size,records", [(100, 1020), (1000, None)], ids=["batch 100", "batch 1000"])
+def test_dynamodb_takes_at_most_three_round_trips_per_user_per_batch(moto_server, tmp_path, cache_events, size, records):
+    """Batches of 100 records of 20 users (about five each), and of 1,000 over two days (about fifty each, across midnight
+    and past the retention window): the DynamoDB requests of a batch, counted at the client, are at most 3 per user once a
+    user has a head (and on average over the stream), and the store ends as the SQLite one does."""
     from nutrino_ml.runtime.stream import StreamProcessor
-    dyn = DynamoStore(f"round-trips-{cache_events}", "eu-west-1", moto_server, create=True)
-    sent = count_requests(dyn.db)
-    procs = [StreamProcessor(store, SQLiteDeadLetter(tmp_path / "dead.db"), log=lambda r: None, cache_events=cache_events)
+    dyn = DynamoStore(f"round-trips-{cache_events}-{size}", "eu-west-1", moto_server, create=True)
+    sent, shard = count_requests(dyn.db), DAY[:records]
+    procs = [StreamProcessor(store, SQLiteDeadLetter(tmp_path / "dead.db"), log=lambda r: None, cache_events=cache_events, retention_min=24 * 60)
              for store in (dyn, SQLiteStore(tmp_path / "online.db"))]
     per_user = []
-    for i in range(0, len(SHARD), 100):
-        batch, before = SHARD[i:i + 100], len(sent)
+    for i in range(0, len(shard), size):
+        batch, before = shard[i:i + size], len(sent)
         assert [p.process_event(kinesis_event(batch)) for p in procs] == [{"batchItemFailures": []}] * 2
         per_user.append((len(sent) - before) / len({pk for _, _, pk in batch}))
+    print(f"round trips per user per batch: {[round(x, 2) for x in per_user]}; mean {sum(per_user) / len(per_user):.2f}")
     assert "PutItem" not in sent and "DeleteItem" not in sent, sorted(set(sent))  # every write in a BatchWriteItem
     assert max(per_user[1:]) <= 3 and sum(per_user) / len(per_user) <= 3, per_user  # the first batch meets every user (no head yet)
     lite = procs[1].store
-    for u in sorted({pk for _, _, pk in SHARD}):
+    for u in sorted({pk for _, _, pk in shard}):
         for name in FEATURE_SETS:
             assert dyn.rows(name, u) == lite.rows(name, u) and dyn.latest_row(name, u) == lite.latest_row(name, u), (name, u)
-        assert dyn.events("glucose", u) == lite.events("glucose", u) and dyn.heads([u])[u]["newest"] == lite.heads([u])[u]["newest"], u
+        cut = dyn.heads([u])[u]["newest"]["glucose"] - 24 * 60 * 60_000_000  # what both keep (DynamoDB prunes whole days)
+        assert dyn.events("glucose", u, cut) == lite.events("glucose", u, cut) and dyn.heads([u])[u]["newest"] == lite.heads([u])[u]["newest"], u
 
 
 def test_a_warm_container_reads_again_what_another_container_wrote(built, app_env):

@@ -155,13 +155,26 @@ def targets(res: dict) -> list:
     return out
 
 
+def merged(old: dict, new: dict) -> dict:
+    """`new` with the runs of `old` it did not measure again; the axes are the union of both."""
+    for r in old["runs"].values():
+        r.setdefault("measured", f"{old['date']}, git {old['git']}")
+    out = {**new, "runs": {**old["runs"], **new["runs"]}, "earlier": old.get("earlier", []) + [{k: old[k] for k in ("date", "git", "command", "total_s", "loadavg_start", "loadavg_end")}]}
+    for axis in ("sizes", "stores", "workloads", "variants"):
+        out[axis] = list(dict.fromkeys(old[axis] + new[axis]))
+    out["sizes"] = sorted(out["sizes"])
+    out["variants"] = [v for v in ("before", "cold", "warm") if v in out["variants"]]
+    return out
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     L = [START, "", "### `bench/stream`: results", "",
          f"Measured {res['date']} on {m['cpu']} (nproc {m['nproc']}, {m['mem_total_mib'] / 1024:.0f} GiB), Python {m['python']}; "
          f"`{res['command']}` (git {res['git']}; before = git {res['before_rev']}), {res['total_s']:.0f} s in all; load average (1/5/15 min) "
          + "/".join(f"{x:.2f}" for x in res["loadavg_start"]) + " at the start, " + "/".join(f"{x:.2f}" for x in res["loadavg_end"])
-         + " at the end (4 other jobs shared the 2 cores: compare CPU columns, not wall ones; each run's load is in the JSON).", "",
+         + " at the end (the machine is shared: compare CPU columns, not wall ones; each run's load is in the JSON)."
+         + "".join(f" Runs not measured again were kept from `{e['command']}` of {e['date']} (git {e['git']}); each run's `measured` field in the JSON says which." for e in res.get("earlier", [])), "",
          "| target (issue 18) | measured | target | met? |", "|---|---|---|---|"]
     T = targets(res)
     L += [f"| {w} | {v} | {t} | {'yes' if ok else '**no**'} |" for w, v, t, ok in T]
@@ -196,8 +209,9 @@ def markdown(res: dict) -> str:
           "`before-send` hook). \"One Lambda at x ms\" = records per batch ÷ (CPU per batch + round trips per batch × x ms): "
           "requests are sequential within a batch. On DynamoDB, the old code runs on a prefix of the stream (the records column; "
           "moto takes 10-100 ms a request on this machine and the old code sends about 4 a record). A batch's writes are "
-          "⌈items ÷ 25⌉ `BatchWriteItem` calls, so round trips per user grow with the records a user has in a batch: "
-          "batch ÷ users per batch. Raw numbers: `bench/results/stream.json`.", "", END]
+          "⌈items ÷ 25⌉ `BatchWriteItem` calls; this code writes an entity's events and feature rows as chunks (one item per "
+          "entity, table or feature set, and day that a batch touches), so its round trips per user do not grow with the "
+          "records a user has in a batch (before, every event and row was an item). Raw numbers: `bench/results/stream.json`.", "", END]
     return "\n".join(L)
 
 
@@ -211,6 +225,7 @@ def main():
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--out", default="stream.json", help="file name in bench/results")
     ap.add_argument("--report-only", action="store_true", help="rewrite the README section from bench/results/<out>, measuring nothing")
+    ap.add_argument("--merge", action="store_true", help="keep the runs of bench/results/<out> that this command does not measure again")
     a = ap.parse_args()
     if a.report_only:
         md = markdown(json.loads((RESULTS / a.out).read_text()))
@@ -240,6 +255,7 @@ def main():
                         limit = limits.get(batch)
                         log(f"{wl} ({limit or len(recs):,} records), {store}, batch {batch:,}, {v}")
                         r = run_worker(path, store, batch, url if store == "dynamodb" else "", v, src, limit)
+                        r["measured"] = f"{res['date']}, git {res['git']}"
                         res["runs"][f"{wl}/{store}/{batch}/{v}"] = r
                         log(f"  {r['records_per_s_cpu']:,.0f} records/CPU s, {r['cpu_ms_per_batch']:.1f} CPU ms/batch, "
                             f"{r['wall_ms_per_batch']:.1f} wall ms/batch" + (f", {r['requests_per_batch']:.1f} round trips/batch "
@@ -250,6 +266,8 @@ def main():
             moto.wait(15)
         shutil.rmtree(tmp, ignore_errors=True)
     res["total_s"], res["loadavg_end"] = time.perf_counter() - t0, os.getloadavg()
+    if a.merge and (RESULTS / a.out).exists():
+        res = merged(json.loads((RESULTS / a.out).read_text()), res)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / a.out).write_text(json.dumps(res, indent=1))
     md = markdown(res)

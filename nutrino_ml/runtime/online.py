@@ -4,12 +4,13 @@
 
 # %% ../../nbs/runtime/11_online.ipynb #c979ad03
 from __future__ import annotations
-import json, math, sqlite3, threading, time
+import json, math, sqlite3, threading, time, zlib
+from collections import defaultdict
 from pathlib import Path
 from urllib.parse import urlparse
 
 # %% auto #0
-__all__ = ['OnlineStore', 'SQLiteStore', 'aws_client', 'DynamoStore', 'sqlite_path', 'open_store']
+__all__ = ['CHUNK_BYTES', 'OnlineStore', 'SQLiteStore', 'aws_client', 'DynamoStore', 'sqlite_path', 'open_store']
 
 # %% ../../nbs/runtime/11_online.ipynb #56103fd4
 class OnlineStore:
@@ -24,8 +25,9 @@ class OnlineStore:
         "The newest `ts` of the entity's events in `table`."
         raise NotImplementedError
     def prune(self, table:str, entity:str, before:int) -> int:
-        "Delete the entity's events of `table` older than `before`; returns how many."
+        "Delete the entity's events of `table` older than `before` (whole `prune_unit_us` spans of them); returns how many."
         raise NotImplementedError
+    prune_unit_us = 1  # a store that deletes events by time bucket keeps those of `before`'s own bucket
 
 # %% ../../nbs/runtime/11_online.ipynb #07f7421f
 def _put_rows(self:OnlineStore, fset:str, entity:str, rows:list):
@@ -246,13 +248,19 @@ def aws_client(service:str, region:str="", endpoint_url:str=""):
     import boto3  # in the Lambda runtime; not packaged
     return boto3.client(service, region_name=region or None, endpoint_url=endpoint_url or None)
 
-def _sk(ts:int, key:str) -> str: return f"{int(ts):020d}#{key}"
+_BUCKET0 = 10 ** 19  # bucket numbers are offset by this: positive for any int64 time, 20 digits
+def _sk(bucket:int, seq:int) -> str: return f"{int(bucket) + _BUCKET0:020d}#{int(seq):020d}"
+def _seq_of(sk:str) -> int: return int(sk[21:])
 
 # %% ../../nbs/runtime/11_online.ipynb #f0968f5e
 class DynamoStore(OnlineStore):
     "The online store in one DynamoDB table."
-    def __init__(self, table:str, region:str="", endpoint_url:str="", create:bool=False, client=None):
+    def __init__(self, table:str, region:str="", endpoint_url:str="", create:bool=False, client=None,
+                 bucket_us:int=86_400_000_000 # the time span of a chunk (a day); events are pruned a whole span at a time
+                ):
         self.table, self.db = table, client or aws_client("dynamodb", region, endpoint_url)
+        self.bucket_us = self.prune_unit_us = int(bucket_us)
+        self._seqs = {}  # entity -> the last write sequence this store object used or saw
         if create: self.create_table()
 
     def create_table(self):
@@ -265,10 +273,10 @@ class DynamoStore(OnlineStore):
         except self.db.exceptions.ResourceInUseException: pass
 
 # %% ../../nbs/runtime/11_online.ipynb #cf9eafa2
-def _query(self:DynamoStore, pk:str, lo:str|None=None, hi:str|None=None, keys_only:bool=False) -> list:
+def _query(self:DynamoStore, pk:str, lo:str|None=None, hi:str|None=None, keys_only:bool=False, project:str="") -> list:
     cond, vals = "pk = :pk", {":pk": {"S": pk}}
     if lo is not None: cond, vals = cond + " AND sk BETWEEN :lo AND :hi", {**vals, ":lo": {"S": lo}, ":hi": {"S": hi}}
-    out, kw = [], {"ProjectionExpression": "pk, sk"} if keys_only else {}
+    out, kw = [], {"ProjectionExpression": "pk, sk" + (f", {project}" if project else "")} if keys_only else {}
     while True:
         r = self.db.query(TableName=self.table, KeyConditionExpression=cond, ExpressionAttributeValues=vals, ConsistentRead=True, **kw)
         out += r["Items"]
@@ -290,47 +298,103 @@ def _batch_write(self:DynamoStore, requests:list):
 DynamoStore._query, DynamoStore._until_done, DynamoStore._batch_write = _query, _until_done, _batch_write
 
 # %% ../../nbs/runtime/11_online.ipynb #81807870
-def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
+CHUNK_BYTES = 300_000  # the most a chunk's compressed body holds (DynamoDB takes 400 KB an item)
 
-def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
-    items = [{"pk": {"S": f"ev#{table}#{entity}"}, "sk": {"S": _sk(_ts(e), str(e[key]))}, "body": {"S": _dumps(e)}} for e in events]
-    if self._hold(entity, [{"PutRequest": {"Item": it}} for it in items] + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return None
-    new = 0
-    for it in items:
-        try:
-            self.db.put_item(TableName=self.table, Item=it, **({} if table == "users" else {"ConditionExpression": "attribute_not_exists(sk)"}))
-            new += 1
-        except self.db.exceptions.ConditionalCheckFailedException: pass
-    self.db.delete_item(TableName=self.table, Key=_head_key(entity))
-    return new
+def _pack(records:list) -> bytes: return zlib.compress(_dumps(records).encode(), 6)
 
-def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
-    items = self._query(f"ev#{table}#{entity}", _sk(lo or 0, ""), _sk(hi, "~") if hi is not None else "~")
-    return [json.loads(i["body"]["S"]) for i in items]
+def _parts(records:list) -> list:
+    "`[(records, packed), ...]`: `records` split in halves until each part packs into `CHUNK_BYTES`."
+    body = _pack(records)
+    if len(body) <= CHUNK_BYTES or len(records) == 1: return [(records, body)]
+    h = len(records) // 2
+    return _parts(records[:h]) + _parts(records[h:])
 
-DynamoStore.put_events, DynamoStore.events = _dynamo_put_events, _dynamo_events
+def _saw(self:DynamoStore, entity:str, seq:int):
+    "Remember that `entity` has been written with sequence `seq`."
+    if seq > self._seqs.get(entity, 0): self._seqs[entity] = seq
+
+def _next_seq(self:DynamoStore, entity:str) -> int:
+    "A new write sequence of `entity`: the clock (ns), and past every one used or seen."
+    self._seqs[entity] = s = max(time.time_ns(), self._seqs.get(entity, 0) + 1)
+    return s
+
+def _chunks(self:DynamoStore, pk:str, entity:str, records:list, key:str) -> list:
+    "The items holding `records` (dicts with `ts` and field `key`) of partition `pk`: one per bucket (more past `CHUNK_BYTES`)."
+    by = defaultdict(list)
+    for r in records: by[_ts(r) // self.bucket_us].append(r)
+    return [{"pk": {"S": pk}, "sk": {"S": _sk(b, self._next_seq(entity))}, "key": {"S": key}, "n": {"N": str(len(part))},
+             "hi": {"N": str(max(map(_ts, part)))}, "body": {"B": body}} for b in sorted(by) for part, body in _parts(by[b])]
+
+def _unchunk(self:DynamoStore, entity:str, items:list, last_wins:bool=False) -> list:
+    "The records of chunk `items` replayed in write order, one per key (its first write; its last with `last_wins`), by time and key."
+    out, key = {}, "?"
+    for it in sorted(items, key=lambda i: _seq_of(i["sk"]["S"])):
+        self._saw(entity, _seq_of(it["sk"]["S"]))
+        key = it["key"]["S"]
+        for r in json.loads(zlib.decompress(it["body"]["B"])):
+            if last_wins: out.pop(str(r[key]), None)
+            out.setdefault(str(r[key]), r)
+    return sorted(out.values(), key=lambda r: (_ts(r), str(r[key])))
+
+DynamoStore._saw, DynamoStore._next_seq, DynamoStore._chunks, DynamoStore._unchunk = _saw, _next_seq, _chunks, _unchunk
 
 # %% ../../nbs/runtime/11_online.ipynb #bdc79a9c
+def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
+
+def _between(self:DynamoStore, lo:int|None, hi:int|None) -> tuple:
+    "The sort key range of the chunks that may hold times `lo` to `hi` (either None: no bound)."
+    return (_sk(int(lo) // self.bucket_us, 0) if lo is not None else "0"), (_sk(int(hi) // self.bucket_us, 10 ** 20 - 1) if hi is not None else "~")
+
+def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
+    pk, profile = f"events#{table}#{entity}", table == "users"
+    mine = {}
+    for e in events:  # one per key: the first delivery (a profile: the last)
+        if profile: mine.pop(str(e[key]), None)
+        mine.setdefault(str(e[key]), e)
+    if getattr(self, "_held", None) is not None:
+        return self._hold(entity, [{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()), key)]
+                          + [{"DeleteRequest": {"Key": _head_key(entity)}}]) and None
+    kept = {str(e[key]) for e in self.events(table, entity)}
+    new = [e for k, e in mine.items() if k not in kept]
+    self._batch_write([{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()) if profile else new, key)])
+    self.db.delete_item(TableName=self.table, Key=_head_key(entity))
+    return len(new)
+
+def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
+    evs = self._unchunk(entity, self._query(f"events#{table}#{entity}", *self._between(lo, hi)), last_wins=table == "users")
+    return [e for e in evs if (lo is None or _ts(e) >= lo) and (hi is None or _ts(e) <= hi)]
+
+DynamoStore._between, DynamoStore.put_events, DynamoStore.events = _between, _dynamo_put_events, _dynamo_events
+
+# %% ../../nbs/runtime/11_online.ipynb #ce0f6e7e
 def _dynamo_newest_ts(self:DynamoStore, table, entity):
-    r = self.db.query(TableName=self.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"ev#{table}#{entity}"}},
-                      ScanIndexForward=False, Limit=1, ConsistentRead=True)["Items"]
-    return int(r[0]["sk"]["S"].split("#", 1)[0]) if r else None
+    kw, top, best = {}, None, None
+    while True:
+        r = self.db.query(TableName=self.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"events#{table}#{entity}"}},
+                          ScanIndexForward=False, Limit=25, ConsistentRead=True, ProjectionExpression="sk, hi", **kw)
+        for i in r["Items"]:
+            if top is None: top = i["sk"]["S"][:20]
+            if i["sk"]["S"][:20] != top: return best
+            best = max(best if best is not None else int(i["hi"]["N"]), int(i["hi"]["N"]))
+        if "LastEvaluatedKey" not in r: return best
+        kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
 
 def _dynamo_prune(self:DynamoStore, table, entity, before):
-    old = self._query(f"ev#{table}#{entity}", _sk(0, ""), _sk(int(before) - 1, "~"), keys_only=True)
-    if self._hold(entity, [{"DeleteRequest": {"Key": k}} for k in old] + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return len(old)
-    for k in old + [_head_key(entity)]: self.db.delete_item(TableName=self.table, Key=k)
-    return len(old)
+    old = self._query(f"events#{table}#{entity}", "0", _sk(int(before) // self.bucket_us - 1, 10 ** 20 - 1), keys_only=True, project="n")
+    n, dels = sum(int(k.pop("n")["N"]) for k in old), [{"DeleteRequest": {"Key": k}} for k in old]
+    if self._hold(entity, dels + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return n
+    self._batch_write(dels); self.db.delete_item(TableName=self.table, Key=_head_key(entity))
+    return n
 
 DynamoStore.newest_ts, DynamoStore.prune = _dynamo_newest_ts, _dynamo_prune
 
-# %% ../../nbs/runtime/11_online.ipynb #ce0f6e7e
+# %% ../../nbs/runtime/11_online.ipynb #c63b3dca
 def _dynamo_put_rows(self:DynamoStore, fset, entity, rows):
-    puts = [{"PutRequest": {"Item": {"pk": {"S": f"row#{fset}#{entity}"}, "sk": {"S": _sk(_ts(r), str(r["event_id"]))}, "body": {"S": _dumps(r)}}}} for r in rows]
+    puts = [{"PutRequest": {"Item": it}} for it in self._chunks(f"rows#{fset}#{entity}", entity, rows, "event_id")]
     if not self._hold(entity, puts): self._batch_write(puts)
 
 def _dynamo_rows(self:DynamoStore, fset, entity=None):
-    if entity is not None: return [json.loads(i["body"]["S"]) for i in self._query(f"row#{fset}#{entity}")]
+    if entity is not None: return self._unchunk(entity, self._query(f"rows#{fset}#{entity}"), last_wins=True)
     ents = sorted(i["sk"]["S"] for i in self._query(f"now#{fset}"))
     return [r for e in ents for r in self.rows(fset, e)]
 
@@ -365,13 +429,15 @@ def _dynamo_heads(self:DynamoStore, entities):
     out, keys = {}, [_head_key(e) for e in dict.fromkeys(entities)]
     def send(todo):
         r = self.db.batch_get_item(RequestItems=todo)
-        out.update((i["pk"]["S"][len("head#"):], json.loads(i["body"]["S"])) for i in r["Responses"].get(self.table, []))
+        for i in r["Responses"].get(self.table, []):
+            e = i["pk"]["S"][len("head#"):]
+            out[e] = json.loads(i["body"]["S"]); self._saw(e, int(i.get("seq", {"N": "0"})["N"]))
         return r.get("UnprocessedKeys")
     for i in range(0, len(keys), 100): self._until_done(send, {self.table: {"Keys": keys[i:i + 100], "ConsistentRead": True}})
     return out
 
 def _dynamo_put_head(self:DynamoStore, entity, head):
-    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}}}}]
+    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}, "seq": {"N": str(self._seqs.get(entity, 0))}}}}]
     if not self._hold(entity, put): self._batch_write(put)
 
 DynamoStore.heads, DynamoStore.put_head = _dynamo_heads, _dynamo_put_head

@@ -243,12 +243,14 @@ def _update(self:StreamProcessor, entity:str, new:dict, w, version:str, stats=No
     return written
 
 def _prune(self:StreamProcessor, entity:str, w):
-    "Prune each table of the entity whose oldest event is `prune_every_min` past the retention window (or not known)."
+    "Prune each table of the entity whose oldest event is `prune_every_min` past what a prune would delete (or not known)."
+    unit = self.store.prune_unit_us  # the store deletes whole spans of this many µs: those before `edge`
     for t in self.timed:
         if (top := w.newest.get(t)) is None: continue
         cut = top - self.retention_us
-        if w.oldest.get(t) is None or w.oldest[t] < cut - self.prune_every_us:
-            self.store.prune(t, entity, cut); w.oldest[t] = cut  # a lower bound of what is left
+        edge = cut - cut % unit
+        if w.oldest.get(t) is None or w.oldest[t] < edge - self.prune_every_us:
+            self.store.prune(t, entity, cut); w.oldest[t] = edge  # a lower bound of what is left
 
 StreamProcessor._update, StreamProcessor._prune = _update, _prune
 
