@@ -260,7 +260,7 @@ class DynamoStore(OnlineStore):
                 ):
         self.table, self.db = table, client or aws_client("dynamodb", region, endpoint_url)
         self.bucket_us = self.prune_unit_us = int(bucket_us)
-        self._seqs = {}  # entity -> the last write sequence this store object used or saw
+        self._seqs, self._known = {}, set()  # entity -> the last write sequence this store object used or saw; entities whose head it read
         if create: self.create_table()
 
     def create_table(self):
@@ -297,6 +297,28 @@ def _batch_write(self:DynamoStore, requests:list):
 
 DynamoStore._query, DynamoStore._until_done, DynamoStore._batch_write = _query, _until_done, _batch_write
 
+# %% ../../nbs/runtime/11_online.ipynb #72495ca5
+def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
+
+def _dynamo_heads(self:DynamoStore, entities):
+    out, keys = {}, [_head_key(e) for e in dict.fromkeys(entities)]
+    self._known.update(entities)
+    def send(todo):
+        r = self.db.batch_get_item(RequestItems=todo)
+        for i in r["Responses"].get(self.table, []):
+            e = i["pk"]["S"][len("head#"):]
+            self._saw(e, int(i.get("seq", {"N": "0"})["N"]))
+            if "body" in i: out[e] = json.loads(i["body"]["S"])  # without: dropped, only its sequence kept
+        return r.get("UnprocessedKeys")
+    for i in range(0, len(keys), 100): self._until_done(send, {self.table: {"Keys": keys[i:i + 100], "ConsistentRead": True}})
+    return out
+
+def _dynamo_put_head(self:DynamoStore, entity, head):
+    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}, "seq": {"N": str(self._seqs.get(entity, 0))}}}}]
+    if not self._hold(entity, put): self._batch_write(put)
+
+DynamoStore.heads, DynamoStore.put_head = _dynamo_heads, _dynamo_put_head
+
 # %% ../../nbs/runtime/11_online.ipynb #81807870
 CHUNK_BYTES = 300_000  # the most a chunk's compressed body holds (DynamoDB takes 400 KB an item)
 
@@ -314,7 +336,8 @@ def _saw(self:DynamoStore, entity:str, seq:int):
     if seq > self._seqs.get(entity, 0): self._seqs[entity] = seq
 
 def _next_seq(self:DynamoStore, entity:str) -> int:
-    "A new write sequence of `entity`: the clock (ns), and past every one used or seen."
+    "A new write sequence of `entity`: the clock (ns), and past every one used or seen (its head is read first if it has not been)."
+    if entity not in self._known: self.heads([entity])
     self._seqs[entity] = s = max(time.time_ns(), self._seqs.get(entity, 0) + 1)
     return s
 
@@ -339,7 +362,16 @@ def _unchunk(self:DynamoStore, entity:str, items:list, last_wins:bool=False) -> 
 DynamoStore._saw, DynamoStore._next_seq, DynamoStore._chunks, DynamoStore._unchunk = _saw, _next_seq, _chunks, _unchunk
 
 # %% ../../nbs/runtime/11_online.ipynb #bdc79a9c
-def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
+def _dynamo_no_head(self:DynamoStore, entity:str) -> dict:
+    "The write that drops the entity's head (its window must be read again) and keeps its last write sequence."
+    return {"PutRequest": {"Item": {**_head_key(entity), "seq": {"N": str(self._seqs.get(entity, 0))}}}}
+
+def _dynamo_drop_head(self:DynamoStore, entity:str):
+    "Drop the entity's head now, keeping its last write sequence."
+    self.db.update_item(TableName=self.table, Key=_head_key(entity), UpdateExpression="SET seq = :s REMOVE body",
+                        ExpressionAttributeValues={":s": {"N": str(self._seqs.get(entity, 0))}})
+
+DynamoStore._no_head, DynamoStore._drop_head = _dynamo_no_head, _dynamo_drop_head
 
 def _between(self:DynamoStore, lo:int|None, hi:int|None) -> tuple:
     "The sort key range of the chunks that may hold times `lo` to `hi` (either None: no bound)."
@@ -353,11 +385,11 @@ def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
         mine.setdefault(str(e[key]), e)
     if getattr(self, "_held", None) is not None:
         return self._hold(entity, [{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()), key)]
-                          + [{"DeleteRequest": {"Key": _head_key(entity)}}]) and None
+                          + [self._no_head(entity)]) and None
     kept = {str(e[key]) for e in self.events(table, entity)}
     new = [e for k, e in mine.items() if k not in kept]
     self._batch_write([{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()) if profile else new, key)])
-    self.db.delete_item(TableName=self.table, Key=_head_key(entity))
+    self._drop_head(entity)
     return len(new)
 
 def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
@@ -382,8 +414,8 @@ def _dynamo_newest_ts(self:DynamoStore, table, entity):
 def _dynamo_prune(self:DynamoStore, table, entity, before):
     old = self._query(f"events#{table}#{entity}", "0", _sk(int(before) // self.bucket_us - 1, 10 ** 20 - 1), keys_only=True, project="n")
     n, dels = sum(int(k.pop("n")["N"]) for k in old), [{"DeleteRequest": {"Key": k}} for k in old]
-    if self._hold(entity, dels + [{"DeleteRequest": {"Key": _head_key(entity)}}]): return n
-    self._batch_write(dels); self.db.delete_item(TableName=self.table, Key=_head_key(entity))
+    if self._hold(entity, dels + [self._no_head(entity)]): return n
+    self._batch_write(dels); self._drop_head(entity)
     return n
 
 DynamoStore.newest_ts, DynamoStore.prune = _dynamo_newest_ts, _dynamo_prune
@@ -423,24 +455,6 @@ def _dynamo_mark_dead_lettered(self:DynamoStore, record_id, reason):
     self.db.put_item(TableName=self.table, Item={"pk": {"S": "dead"}, "sk": {"S": record_id}, "reason": {"S": reason}, "at": {"N": str(time.time())}})
 
 DynamoStore.attempt, DynamoStore.dead_lettered, DynamoStore.mark_dead_lettered = _dynamo_attempt, _dynamo_dead_lettered, _dynamo_mark_dead_lettered
-
-# %% ../../nbs/runtime/11_online.ipynb #72495ca5
-def _dynamo_heads(self:DynamoStore, entities):
-    out, keys = {}, [_head_key(e) for e in dict.fromkeys(entities)]
-    def send(todo):
-        r = self.db.batch_get_item(RequestItems=todo)
-        for i in r["Responses"].get(self.table, []):
-            e = i["pk"]["S"][len("head#"):]
-            out[e] = json.loads(i["body"]["S"]); self._saw(e, int(i.get("seq", {"N": "0"})["N"]))
-        return r.get("UnprocessedKeys")
-    for i in range(0, len(keys), 100): self._until_done(send, {self.table: {"Keys": keys[i:i + 100], "ConsistentRead": True}})
-    return out
-
-def _dynamo_put_head(self:DynamoStore, entity, head):
-    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}, "seq": {"N": str(self._seqs.get(entity, 0))}}}}]
-    if not self._hold(entity, put): self._batch_write(put)
-
-DynamoStore.heads, DynamoStore.put_head = _dynamo_heads, _dynamo_put_head
 
 # %% ../../nbs/runtime/11_online.ipynb #4360bad6
 def _item_key(r:dict) -> tuple:
