@@ -74,3 +74,15 @@ def test_every_cli_option_has_help():
     missing = [(" ".join(words), a.option_strings or a.dest) for words, p in walk_parsers(make_parser()) for a in p._actions
                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
     assert missing == [], f"options without help text: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in LIB.rglob("*.py") if p.name != "_modidx.py"))
+def test_no_module_binds_a_top_level_name_twice(path):
+    """Notebooks patch methods in with module-level helpers (`def _dynamo_x(self: Store, ...)`): two cells of one notebook
+    that define the same helper name silently replace the first one for every later call, so each name is bound once."""
+    seen, twice = set(), []
+    for n in ast.parse((ROOT / path).read_text()).body:
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+            twice += [n.name] if n.name in seen else []
+            seen.add(n.name)
+    assert twice == [], f"{path} defines {twice} more than once"
