@@ -77,7 +77,7 @@ test: lint-nbs nbs-test pytest
 
 # the long fuzz run: 20,000 random requests of every route and protocol over HTTP to chalice local, 0 x 5xx (make test sends 2,500)
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/python -m pytest -p no:cacheprovider -n 0 -s -q tests/test_fuzz.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} CHUNK_EXAMPLES=$${CHUNK_EXAMPLES:-2000} $(BIN)/python -m pytest -p no:cacheprovider -n 0 -s -q tests/test_fuzz.py tests/test_online_chunks.py
 
 # benchmarks against the tools a user would otherwise use; each writes its table into bench/README.md
 bench: $(STAMP)

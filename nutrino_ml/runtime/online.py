@@ -422,7 +422,8 @@ DynamoStore.newest_ts, DynamoStore.prune = _dynamo_newest_ts, _dynamo_prune
 
 # %% ../../nbs/runtime/11_online.ipynb #c63b3dca
 def _dynamo_put_rows(self:DynamoStore, fset, entity, rows):
-    puts = [{"PutRequest": {"Item": it}} for it in self._chunks(f"rows#{fset}#{entity}", entity, rows, "event_id")]
+    last = list({str(r["event_id"]): r for r in rows}.values())  # a row given twice: the last (its chunks may be other days)
+    puts = [{"PutRequest": {"Item": it}} for it in self._chunks(f"rows#{fset}#{entity}", entity, last, "event_id")]
     if not self._hold(entity, puts): self._batch_write(puts)
 
 def _dynamo_rows(self:DynamoStore, fset, entity=None):
