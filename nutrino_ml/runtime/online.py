@@ -393,6 +393,7 @@ def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
     return len(new)
 
 def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
+    if lo is not None and hi is not None and lo > hi: return []  # DynamoDB refuses a BETWEEN whose bounds are reversed
     evs = self._unchunk(entity, self._query(f"events#{table}#{entity}", *self._between(lo, hi)), last_wins=table == "users")
     return [e for e in evs if (lo is None or _ts(e) >= lo) and (hi is None or _ts(e) <= hi)]
 
