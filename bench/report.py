@@ -1,6 +1,6 @@
 """What every benchmark in bench/ shares: progress lines, the machine it ran on, the git revision, and writing its
 results table between its markers in bench/README.md."""
-import os, platform, subprocess, time
+import os, platform, socket, subprocess, time, urllib.error, urllib.request
 from pathlib import Path
 
 from nutrino_ml.config import TELEMETRY_OFF as _NO_TELEMETRY  # the project's own list of opt-outs
@@ -43,3 +43,26 @@ def write_readme(md: str, start: str, end: str):
     else:
         text = text.rstrip("\n") + "\n\n" + md + "\n"
     README.write_text(text)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 60):
+    """Wait until `url` answers (any HTTP status); fail early when `proc` exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing answered on {url} within {timeout}s")

@@ -12,7 +12,7 @@ busy machine does not distort much: other work on the same cores stretches the w
 """
 from __future__ import annotations
 
-import argparse, json, os, sys, threading, time
+import argparse, json, os, threading, time
 from contextlib import contextmanager
 from pathlib import Path
 

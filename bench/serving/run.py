@@ -20,13 +20,13 @@ bench/README.md between `<!-- serving:start -->` and `<!-- serving:end -->`. Eve
 """
 from __future__ import annotations
 
-import argparse, concurrent.futures, datetime, http.client, json, math, os, re, shutil, signal, socket, statistics, subprocess
+import argparse, concurrent.futures, datetime, http.client, json, math, os, re, shutil, signal, statistics, subprocess
 import sys, tempfile, time, urllib.request, zipfile
 from pathlib import Path
 
 from common import api_event
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
-from report import BENCH_ENV as TELEMETRY_OFF, README, RESULTS, ROOT, git_rev, log, machine, write_readme as _write_readme  # noqa: E402
+from report import BENCH_ENV as TELEMETRY_OFF, README, RESULTS, ROOT, free_port, git_rev, log, machine, write_readme as _write_readme  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -81,12 +81,6 @@ def run(args, env=None, cwd=ROOT, timeout=600):
     if p.returncode:
         raise RuntimeError(f"{args} exited {p.returncode}:\n{p.stdout[-6000:]}")
     return p.stdout
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args, cwd, env, logfile):

@@ -26,10 +26,10 @@ Writes bench/results/stream.json and, unless --no-readme, the tables into bench/
 """
 from __future__ import annotations
 
-import argparse, datetime, json, os, pickle, shutil, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import argparse, datetime, json, os, pickle, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared report helpers
-from report import BENCH_ENV, RESULTS, ROOT, git_rev, log, machine, write_readme  # noqa: E402
+from report import BENCH_ENV, RESULTS, ROOT, free_port, git_rev, log, machine, wait_http, write_readme  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY, BIN = Path(sys.executable), Path(sys.executable).parent
@@ -58,27 +58,12 @@ def workload(name: str) -> list:
     raise SystemExit(f"unknown workload {name!r}; use one of {sorted(WORKLOADS)}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto() -> tuple:
     port = free_port()
     proc = subprocess.Popen([BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **AWS},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}")
-            time.sleep(0.3)
+    wait_http(url, proc)
     return proc, url
 
 

@@ -61,11 +61,12 @@ def _begin(self:OnlineStore):
     "Hold every write until `commit` (one batch at a time per store object)."
     self._held = {}
 
+def _batch_open(self:OnlineStore) -> bool: return getattr(self, "_held", None) is not None
+
 def _hold(self:OnlineStore, entity:str, writes:list) -> bool:
     "Keep `writes` of `entity` for `commit` if a batch is open; False if they must go out now."
-    held = getattr(self, "_held", None)
-    if held is None: return False
-    held.setdefault(entity, []).extend(writes)
+    if not self._batch_open(): return False
+    self._held.setdefault(entity, []).extend(writes)
     return True
 
 def _discard(self:OnlineStore, entity:str):
@@ -81,7 +82,7 @@ def _send(self:OnlineStore, held:dict) -> dict:
     "Write `{entity: [write, ...]}` entity by entity; `{entity: error}` of those that failed."
     raise NotImplementedError
 
-OnlineStore.begin, OnlineStore._hold, OnlineStore.discard, OnlineStore.commit, OnlineStore._send = _begin, _hold, _discard, _commit, _send
+OnlineStore._batch_open, OnlineStore.begin, OnlineStore._hold, OnlineStore.discard, OnlineStore.commit, OnlineStore._send = _batch_open, _begin, _hold, _discard, _commit, _send
 
 # %% ../../nbs/runtime/11_online.ipynb #f5d75465
 def _heads(self:OnlineStore, entities:list) -> dict:
@@ -383,9 +384,9 @@ def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
     for e in events:  # one per key: the first delivery (a profile: the last)
         if profile: mine.pop(str(e[key]), None)
         mine.setdefault(str(e[key]), e)
-    if getattr(self, "_held", None) is not None:
-        return self._hold(entity, [{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()), key)]
-                          + [self._no_head(entity)]) and None
+    if self._batch_open():  # the stream passes only events its window does not hold
+        self._hold(entity, [{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()), key)] + [self._no_head(entity)])
+        return None
     kept = {str(e[key]) for e in self.events(table, entity)}
     new = [e for k, e in mine.items() if k not in kept]
     self._batch_write([{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()) if profile else new, key)])
@@ -408,7 +409,7 @@ def _dynamo_newest_ts(self:DynamoStore, table, entity):
         for i in r["Items"]:
             if top is None: top = i["sk"]["S"][:20]
             if i["sk"]["S"][:20] != top: return best
-            best = max(best if best is not None else int(i["hi"]["N"]), int(i["hi"]["N"]))
+            h = int(i["hi"]["N"]); best = h if best is None else max(best, h)
         if "LastEvaluatedKey" not in r: return best
         kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
 
