@@ -10,7 +10,8 @@ import numpy as np
 from .offline import feature_sets as named_feature_sets, frame_columns
 from .replay import events_from_frames
 from .runtime.features import FEATURE_SETS, FeatureSet, empty_columns, feature_fingerprint, split_by
-from .runtime.online import DynamoStore, OnlineStore, SQLiteStore
+from .runtime.dynamo import DynamoStore
+from .runtime.online import OnlineStore, SQLiteStore
 from .runtime.stream import MINUTE_US, StreamProcessor, decode_record, row_dicts
 from .runtime.tables import TABLES, RecordError
 

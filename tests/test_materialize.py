@@ -12,7 +12,8 @@ from nutrino_ml.datalake import Lake
 from nutrino_ml.materialize import materialize
 from nutrino_ml.replay import as_records, events_from_frames
 from nutrino_ml.runtime.features import FEATURE_SETS
-from nutrino_ml.runtime.online import DynamoStore, SQLiteStore, aws_client
+from nutrino_ml.runtime.dynamo import DynamoStore
+from nutrino_ml.runtime.online import SQLiteStore, aws_client
 from nutrino_ml.runtime.stream import StreamProcessor, event_records, kinesis_event
 
 

@@ -6,7 +6,8 @@ import os, uuid
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nutrino_ml.runtime.online import DynamoStore, SQLiteStore
+from nutrino_ml.runtime.dynamo import DynamoStore
+from nutrino_ml.runtime.online import SQLiteStore
 
 B = 1_000  # µs in a DynamoDB chunk's time bucket here, so that a few ids span several buckets
 ENTITIES = ("u1", "u2")

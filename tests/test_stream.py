@@ -12,7 +12,8 @@ from helpers import JSON, MODELS, load_app_module
 from nutrino_ml.runtime.features import FEATURE_SETS
 from nutrino_ml.offline import build_features
 from nutrino_ml.runtime.dead_letters import SQLiteDeadLetter, SQSDeadLetter, open_dead_letter
-from nutrino_ml.runtime.online import DynamoStore, SQLiteStore
+from nutrino_ml.runtime.dynamo import DynamoStore
+from nutrino_ml.runtime.online import SQLiteStore
 from nutrino_ml.simulate import simulate_lake
 from nutrino_ml.runtime.stream import MAX_RECORD_BYTES, event_records, kinesis_event
 from nutrino_ml.replay import as_records, events_from_frames, replay

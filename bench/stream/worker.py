@@ -27,7 +27,11 @@ def count_requests(client, counts: Counter):
 
 def processor(store: str, endpoint: str, tmp: Path, cache_events: int | None):
     from nutrino_ml.runtime.stream import StreamProcessor
-    from nutrino_ml.runtime.online import DynamoStore, SQLiteStore
+    from nutrino_ml.runtime.online import SQLiteStore
+    try:
+        from nutrino_ml.runtime.dynamo import DynamoStore
+    except ImportError:  # a revision before the DynamoDB store had its own module ("before")
+        from nutrino_ml.runtime.online import DynamoStore
     from nutrino_ml.runtime.dead_letters import SQLiteDeadLetter
     if store == "sqlite":
         st = SQLiteStore(tmp / "online.db")

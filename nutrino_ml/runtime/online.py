@@ -4,13 +4,12 @@
 
 # %% ../../nbs/runtime/11_online.ipynb #c979ad03
 from __future__ import annotations
-import json, math, sqlite3, threading, time, zlib
-from collections import defaultdict
+import json, sqlite3, threading, time
 from pathlib import Path
 from urllib.parse import urlparse
 
 # %% auto #0
-__all__ = ['CHUNK_BYTES', 'OnlineStore', 'SQLiteStore', 'aws_client', 'DynamoStore', 'sqlite_path', 'open_store']
+__all__ = ['OnlineStore', 'SQLiteStore', 'aws_client', 'sqlite_path', 'open_store']
 
 # %% ../../nbs/runtime/11_online.ipynb #56103fd4
 class OnlineStore:
@@ -243,252 +242,11 @@ def _sqlite_send(self:SQLiteStore, held):
 
 SQLiteStore._send = _sqlite_send
 
-# %% ../../nbs/runtime/11_online.ipynb #4dc0be55
+# %% ../../nbs/runtime/11_online.ipynb #0f91afcd
 def aws_client(service:str, region:str="", endpoint_url:str=""):
     "A boto3 client; `endpoint_url` for a local server (moto), '' for AWS."
     import boto3  # in the Lambda runtime; not packaged
     return boto3.client(service, region_name=region or None, endpoint_url=endpoint_url or None)
-
-_BUCKET0 = 10 ** 19  # bucket numbers are offset by this: positive for any int64 time, 20 digits
-def _sk(bucket:int, seq:int) -> str: return f"{int(bucket) + _BUCKET0:020d}#{int(seq):020d}"
-def _seq_of(sk:str) -> int: return int(sk[21:])
-
-# %% ../../nbs/runtime/11_online.ipynb #f0968f5e
-class DynamoStore(OnlineStore):
-    "The online store in one DynamoDB table."
-    def __init__(self, table:str, region:str="", endpoint_url:str="", create:bool=False, client=None,
-                 bucket_us:int=86_400_000_000 # the time span of a chunk (a day); events are pruned a whole span at a time
-                ):
-        self.table, self.db = table, client or aws_client("dynamodb", region, endpoint_url)
-        self.bucket_us = self.prune_unit_us = int(bucket_us)
-        self._seqs, self._known = {}, set()  # entity -> the last write sequence this store object used or saw; entities whose head it read
-        if create: self.create_table()
-
-    def create_table(self):
-        "Create the table (on-demand capacity) unless it exists."
-        try:
-            self.db.create_table(TableName=self.table, BillingMode="PAY_PER_REQUEST",
-                                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-                                 AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}])
-            self.db.get_waiter("table_exists").wait(TableName=self.table)
-        except self.db.exceptions.ResourceInUseException: pass
-
-# %% ../../nbs/runtime/11_online.ipynb #cf9eafa2
-def _query(self:DynamoStore, pk:str, lo:str|None=None, hi:str|None=None, keys_only:bool=False, project:str="") -> list:
-    cond, vals = "pk = :pk", {":pk": {"S": pk}}
-    if lo is not None: cond, vals = cond + " AND sk BETWEEN :lo AND :hi", {**vals, ":lo": {"S": lo}, ":hi": {"S": hi}}
-    out, kw = [], {"ProjectionExpression": "pk, sk" + (f", {project}" if project else "")} if keys_only else {}
-    while True:
-        r = self.db.query(TableName=self.table, KeyConditionExpression=cond, ExpressionAttributeValues=vals, ConsistentRead=True, **kw)
-        out += r["Items"]
-        if "LastEvaluatedKey" not in r: return out
-        kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
-
-def _until_done(self:DynamoStore, send, todo, tries:int=8):
-    "Call `send(todo)`, which returns what is left undone, until nothing is; back off between tries."
-    for n in range(tries):
-        if not (todo := send(todo)): return
-        time.sleep(min(1.0, 0.025 * 2 ** n))
-    raise RuntimeError(f"DynamoDB left requests unprocessed after {tries} tries: table {self.table!r} is throttled; raise its capacity (the stream retries the batch)")
-
-def _batch_write(self:DynamoStore, requests:list):
-    "Send write `requests` (PutRequest / DeleteRequest), 25 a BatchWriteItem call."
-    send = lambda todo: self.db.batch_write_item(RequestItems=todo).get("UnprocessedItems")
-    for i in range(0, len(requests), 25): self._until_done(send, {self.table: requests[i:i + 25]})
-
-DynamoStore._query, DynamoStore._until_done, DynamoStore._batch_write = _query, _until_done, _batch_write
-
-# %% ../../nbs/runtime/11_online.ipynb #72495ca5
-def _head_key(entity:str) -> dict: return {"pk": {"S": f"head#{entity}"}, "sk": {"S": "head"}}
-
-def _dynamo_heads(self:DynamoStore, entities):
-    out, keys = {}, [_head_key(e) for e in dict.fromkeys(entities)]
-    self._known.update(entities)
-    def send(todo):
-        r = self.db.batch_get_item(RequestItems=todo)
-        for i in r["Responses"].get(self.table, []):
-            e = i["pk"]["S"][len("head#"):]
-            self._saw(e, int(i.get("seq", {"N": "0"})["N"]))
-            if "body" in i: out[e] = json.loads(i["body"]["S"])  # without: dropped, only its sequence kept
-        return r.get("UnprocessedKeys")
-    for i in range(0, len(keys), 100): self._until_done(send, {self.table: {"Keys": keys[i:i + 100], "ConsistentRead": True}})
-    return out
-
-def _dynamo_put_head(self:DynamoStore, entity, head):
-    put = [{"PutRequest": {"Item": {**_head_key(entity), "body": {"S": _dumps(head)}, "seq": {"N": str(self._seqs.get(entity, 0))}}}}]
-    if not self._hold(entity, put): self._batch_write(put)
-
-DynamoStore.heads, DynamoStore.put_head = _dynamo_heads, _dynamo_put_head
-
-# %% ../../nbs/runtime/11_online.ipynb #81807870
-CHUNK_BYTES = 300_000  # the most a chunk's compressed body holds (DynamoDB takes 400 KB an item)
-
-def _pack(records:list) -> bytes: return zlib.compress(_dumps(records).encode(), 6)
-
-def _parts(records:list) -> list:
-    "`[(records, packed), ...]`: `records` split in halves until each part packs into `CHUNK_BYTES`."
-    body = _pack(records)
-    if len(body) <= CHUNK_BYTES or len(records) == 1: return [(records, body)]
-    h = len(records) // 2
-    return _parts(records[:h]) + _parts(records[h:])
-
-def _saw(self:DynamoStore, entity:str, seq:int):
-    "Remember that `entity` has been written with sequence `seq`."
-    if seq > self._seqs.get(entity, 0): self._seqs[entity] = seq
-
-def _next_seq(self:DynamoStore, entity:str) -> int:
-    "A new write sequence of `entity`: the clock (ns), and past every one used or seen (its head is read first if it has not been)."
-    if entity not in self._known: self.heads([entity])
-    self._seqs[entity] = s = max(time.time_ns(), self._seqs.get(entity, 0) + 1)
-    return s
-
-def _chunks(self:DynamoStore, pk:str, entity:str, records:list, key:str) -> list:
-    "The items holding `records` (dicts with `ts` and field `key`) of partition `pk`: one per bucket (more past `CHUNK_BYTES`)."
-    by = defaultdict(list)
-    for r in records: by[_ts(r) // self.bucket_us].append(r)
-    return [{"pk": {"S": pk}, "sk": {"S": _sk(b, self._next_seq(entity))}, "key": {"S": key}, "n": {"N": str(len(part))},
-             "hi": {"N": str(max(map(_ts, part)))}, "body": {"B": body}} for b in sorted(by) for part, body in _parts(by[b])]
-
-def _unchunk(self:DynamoStore, entity:str, items:list, last_wins:bool=False) -> list:
-    "The records of chunk `items` replayed in write order, one per key (its first write; its last with `last_wins`), by time and key."
-    out, key = {}, "?"
-    for it in sorted(items, key=lambda i: _seq_of(i["sk"]["S"])):
-        self._saw(entity, _seq_of(it["sk"]["S"]))
-        key = it["key"]["S"]
-        for r in json.loads(zlib.decompress(it["body"]["B"])):
-            if last_wins: out.pop(str(r[key]), None)
-            out.setdefault(str(r[key]), r)
-    return sorted(out.values(), key=lambda r: (_ts(r), str(r[key])))
-
-DynamoStore._saw, DynamoStore._next_seq, DynamoStore._chunks, DynamoStore._unchunk = _saw, _next_seq, _chunks, _unchunk
-
-# %% ../../nbs/runtime/11_online.ipynb #bdc79a9c
-def _dynamo_no_head(self:DynamoStore, entity:str) -> dict:
-    "The write that drops the entity's head (its window must be read again) and keeps its last write sequence."
-    return {"PutRequest": {"Item": {**_head_key(entity), "seq": {"N": str(self._seqs.get(entity, 0))}}}}
-
-def _dynamo_drop_head(self:DynamoStore, entity:str):
-    "Drop the entity's head now, keeping its last write sequence."
-    self.db.update_item(TableName=self.table, Key=_head_key(entity), UpdateExpression="SET seq = :s REMOVE body",
-                        ExpressionAttributeValues={":s": {"N": str(self._seqs.get(entity, 0))}})
-
-DynamoStore._no_head, DynamoStore._drop_head = _dynamo_no_head, _dynamo_drop_head
-
-def _between(self:DynamoStore, lo:int|None, hi:int|None) -> tuple:
-    "The sort key range of the chunks that may hold times `lo` to `hi` (either None: no bound)."
-    return (_sk(int(lo) // self.bucket_us, 0) if lo is not None else "0"), (_sk(int(hi) // self.bucket_us, 10 ** 20 - 1) if hi is not None else "~")
-
-def _dynamo_put_events(self:DynamoStore, table, entity, events, key):
-    pk, profile = f"events#{table}#{entity}", table == "users"
-    mine = {}
-    for e in events:  # one per key: the first delivery (a profile: the last)
-        if profile: mine.pop(str(e[key]), None)
-        mine.setdefault(str(e[key]), e)
-    if self._batch_open():  # the stream passes only events its window does not hold
-        self._hold(entity, [{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()), key)] + [self._no_head(entity)])
-        return None
-    kept = {str(e[key]) for e in self.events(table, entity)}
-    new = [e for k, e in mine.items() if k not in kept]
-    self._batch_write([{"PutRequest": {"Item": it}} for it in self._chunks(pk, entity, list(mine.values()) if profile else new, key)])
-    self._drop_head(entity)
-    return len(new)
-
-def _dynamo_events(self:DynamoStore, table, entity, lo=None, hi=None):
-    if lo is not None and hi is not None and lo > hi: return []  # DynamoDB refuses a BETWEEN whose bounds are reversed
-    evs = self._unchunk(entity, self._query(f"events#{table}#{entity}", *self._between(lo, hi)), last_wins=table == "users")
-    return [e for e in evs if (lo is None or _ts(e) >= lo) and (hi is None or _ts(e) <= hi)]
-
-DynamoStore._between, DynamoStore.put_events, DynamoStore.events = _between, _dynamo_put_events, _dynamo_events
-
-# %% ../../nbs/runtime/11_online.ipynb #ce0f6e7e
-def _dynamo_newest_ts(self:DynamoStore, table, entity):
-    kw, top, best = {}, None, None
-    while True:
-        r = self.db.query(TableName=self.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"events#{table}#{entity}"}},
-                          ScanIndexForward=False, Limit=25, ConsistentRead=True, ProjectionExpression="sk, hi", **kw)
-        for i in r["Items"]:
-            if top is None: top = i["sk"]["S"][:20]
-            if i["sk"]["S"][:20] != top: return best
-            h = int(i["hi"]["N"]); best = h if best is None else max(best, h)
-        if "LastEvaluatedKey" not in r: return best
-        kw["ExclusiveStartKey"] = r["LastEvaluatedKey"]
-
-def _dynamo_prune(self:DynamoStore, table, entity, before):
-    old = self._query(f"events#{table}#{entity}", "0", _sk(int(before) // self.bucket_us - 1, 10 ** 20 - 1), keys_only=True, project="n")
-    n, dels = sum(int(k.pop("n")["N"]) for k in old), [{"DeleteRequest": {"Key": k}} for k in old]
-    if self._hold(entity, dels + [self._no_head(entity)]): return n
-    self._batch_write(dels); self._drop_head(entity)
-    return n
-
-DynamoStore.newest_ts, DynamoStore.prune = _dynamo_newest_ts, _dynamo_prune
-
-# %% ../../nbs/runtime/11_online.ipynb #c63b3dca
-def _dynamo_put_rows(self:DynamoStore, fset, entity, rows):
-    last = list({str(r["event_id"]): r for r in rows}.values())  # a row given twice: the last (its chunks may be other days)
-    puts = [{"PutRequest": {"Item": it}} for it in self._chunks(f"rows#{fset}#{entity}", entity, last, "event_id")]
-    if not self._hold(entity, puts): self._batch_write(puts)
-
-def _dynamo_rows(self:DynamoStore, fset, entity=None):
-    if entity is not None: return self._unchunk(entity, self._query(f"rows#{fset}#{entity}"), last_wins=True)
-    ents = sorted(i["sk"]["S"] for i in self._query(f"now#{fset}"))
-    return [r for e in ents for r in self.rows(fset, e)]
-
-def _dynamo_put_latest_row(self:DynamoStore, fset, entity, row):
-    item = {"pk": {"S": f"now#{fset}"}, "sk": {"S": entity}, "body": {"S": _dumps(row)}, "updated": {"N": str(time.time())}}
-    if not self._hold(entity, [{"PutRequest": {"Item": item}}]): self.db.put_item(TableName=self.table, Item=item)
-
-def _dynamo_latest_row(self:DynamoStore, fset, entity):
-    r = self.db.get_item(TableName=self.table, Key={"pk": {"S": f"now#{fset}"}, "sk": {"S": entity}}).get("Item")
-    return None if r is None else json.loads(r["body"]["S"])
-
-DynamoStore.put_rows, DynamoStore.rows = _dynamo_put_rows, _dynamo_rows
-DynamoStore.put_latest_row, DynamoStore.latest_row = _dynamo_put_latest_row, _dynamo_latest_row
-
-# %% ../../nbs/runtime/11_online.ipynb #2bd9526f
-def _dynamo_attempt(self:DynamoStore, record_id, reason):
-    r = self.db.update_item(TableName=self.table, Key={"pk": {"S": "attempt"}, "sk": {"S": record_id}},
-                            UpdateExpression="ADD n :one SET reason = :r", ExpressionAttributeValues={":one": {"N": "1"}, ":r": {"S": reason}},
-                            ReturnValues="UPDATED_NEW")
-    return int(r["Attributes"]["n"]["N"])
-
-def _dynamo_dead_lettered(self:DynamoStore, record_id):
-    return "Item" in self.db.get_item(TableName=self.table, Key={"pk": {"S": "dead"}, "sk": {"S": record_id}})
-
-def _dynamo_mark_dead_lettered(self:DynamoStore, record_id, reason):
-    self.db.put_item(TableName=self.table, Item={"pk": {"S": "dead"}, "sk": {"S": record_id}, "reason": {"S": reason}, "at": {"N": str(time.time())}})
-
-DynamoStore.attempt, DynamoStore.dead_lettered, DynamoStore.mark_dead_lettered = _dynamo_attempt, _dynamo_dead_lettered, _dynamo_mark_dead_lettered
-
-# %% ../../nbs/runtime/11_online.ipynb #4360bad6
-def _item_key(r:dict) -> tuple:
-    k = r["PutRequest"]["Item"] if "PutRequest" in r else r["DeleteRequest"]["Key"]
-    return k["pk"]["S"], k["sk"]["S"]
-
-def _requests(held:dict, heads:bool) -> list:
-    "`[(entity, request), ...]` of `held`, one per item (the last held wins), heads only or all but heads."
-    out = {}
-    for e, rs in held.items():
-        for r in rs:
-            if (k := _item_key(r))[0].startswith("head#") == heads: out.pop(k, None); out[k] = (e, r)
-    return list(out.values())
-
-# %% ../../nbs/runtime/11_online.ipynb #c141b884
-def _send_each(self:DynamoStore, chunk:list, failed:dict):
-    "Write `[(entity, request)]` in one call; if it fails, entity by entity, noting each entity that fails in `failed`."
-    try: return self._batch_write([r for _, r in chunk])
-    except Exception: pass  # noqa: a store error, found again below for the entity that causes it
-    for e in dict.fromkeys(e for e, _ in chunk):
-        try: self._batch_write([r for k, r in chunk if k == e])
-        except Exception as x: failed[e] = x
-
-def _dynamo_send(self:DynamoStore, held):
-    failed = {}
-    for heads in (False, True):
-        todo = [(e, r) for e, r in _requests(held, heads) if e not in failed]
-        for i in range(0, len(todo), 25): self._send_each(todo[i:i + 25], failed)
-    return failed
-
-DynamoStore._send_each, DynamoStore._send = _send_each, _dynamo_send
 
 # %% ../../nbs/runtime/11_online.ipynb #e2a0556e
 def sqlite_path(url:str) -> str:
@@ -499,5 +257,7 @@ def open_store(url:str, region:str="", endpoint_url:str="", create:bool=False) -
     "The online store at `url`: `sqlite:///path.db` or `dynamodb://table`."
     u = urlparse(url)
     if u.scheme == "sqlite": return SQLiteStore(sqlite_path(url))
-    if u.scheme == "dynamodb": return DynamoStore(u.netloc, region, endpoint_url, create=create)
+    if u.scheme == "dynamodb":
+        from nutrino_ml.runtime.dynamo import DynamoStore  # it imports this module
+        return DynamoStore(u.netloc, region, endpoint_url, create=create)
     raise ValueError(f"online_store {url!r}: use sqlite:///path.db or dynamodb://table")

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runtime/15_stream.ipynb #31c50771
 from __future__ import annotations
-import base64, binascii, itertools, json, sys, time, uuid
+import base64, binascii, itertools, json, time, uuid
 from collections import OrderedDict, defaultdict
 import numpy as np
 from .tables import TABLES, RecordError, check_record
@@ -336,7 +336,7 @@ def _recompute(self:StreamProcessor, fs:FeatureSet, entity:str, new:dict, w, sta
     "Write the rows of `fs` that the entity's new events touch, and its latest row, from its window `w`; returns rows written."
     newest = w.newest_of(fs.tables)
     if newest is None: return 0
-    (L, H), (lo, hi) = self.spans[fs.name], self._touched(fs, new, newest, stats)
+    L, (lo, hi) = self.spans[fs.name][0], self._touched(fs, new, newest, stats)
     cols = {t: w.columns(t) for t in fs.tables}
     rows = self._rows(fs, cols, lo, hi) if fs.anchor == "users" or _any_between(cols[fs.anchor]["ts"], lo, hi) else []  # rows are anchored on fs.anchor's events
     if rows: self.store.put_rows(fs.name, entity, rows)
